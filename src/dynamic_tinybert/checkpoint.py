@@ -1,0 +1,250 @@
+"""Hugging Face checkpoint layout: find it (directory or hub id), load it strictly, save it atomically.
+
+A checkpoint is `config.json`, weights (`model.safetensors`, possibly sharded, or `pytorch_model.bin`
+read with `weights_only=True`) and a WordPiece tokenizer (`tokenizer.json` or `vocab.txt`). Weight names
+follow `BertForQuestionAnswering`; bare `BertModel` checkpoints (no `bert.` prefix, no span head) load
+too, with a freshly initialised head. Every problem surfaces as one `CheckpointError` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from .model import BertConfig, BertForQuestionAnswering
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER = "tokenizer.json"
+VOCAB = "vocab.txt"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+OPTIONAL_FILES = (TOKENIZER, VOCAB, TOKENIZER_CONFIG, "pareto.json")
+
+# Weights a QA model does not use: the pretraining heads and the pooler.
+IGNORED_PREFIXES = ("bert.pooler.", "cls.", "bert.embeddings.position_ids")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be found, read or matched to the model; the message is one line."""
+
+
+def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local checkpoint directory for a directory path or a Hugging Face Hub id.
+
+    Hub files are fetched with huggingface_hub (cached; HF_HUB_OFFLINE=1 uses the cache only).
+    """
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG).is_file():
+            raise CheckpointError(f"{path}: not a checkpoint directory (no {CONFIG})")
+        return path
+    name = str(path_or_id)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise CheckpointError(f"{name}: no such checkpoint directory")
+    return _download(name, revision)
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    def fetch(filename: str, required: bool) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision))
+        except EntryNotFoundError:
+            if required:
+                raise CheckpointError(f"{repo_id}: the hub repository has no {filename}") from None
+            return None
+        except LocalEntryNotFoundError:
+            if required:
+                raise CheckpointError(
+                    f"{repo_id}: cannot fetch {filename} from the Hugging Face Hub and it is not in the local "
+                    f"cache (offline? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})"
+                ) from None
+            return None
+        except HfHubHTTPError as e:
+            reason = str(e).splitlines()[0]
+            raise CheckpointError(f"{repo_id}: cannot fetch {filename} from the Hugging Face Hub: {reason}") from None
+        except ValueError as e:  # malformed repo id
+            raise CheckpointError(f"{repo_id}: not a checkpoint directory or a valid hub id ({e})") from None
+
+    directory = fetch(CONFIG, required=True).parent
+    if fetch(SAFETENSORS, required=False) is None:
+        index = fetch(SAFETENSORS_INDEX, required=False) or fetch(PICKLE_INDEX, required=False)
+        if index is not None:
+            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+                fetch(shard, required=True)
+        elif fetch(PICKLE, required=False) is None:
+            raise CheckpointError(f"{repo_id}: the hub repository has no {SAFETENSORS} or {PICKLE}")
+    for name in OPTIONAL_FILES:
+        fetch(name, required=False)
+    return directory
+
+
+def load_config(directory: Path) -> BertConfig:
+    try:
+        return BertConfig.from_dict(json.loads((directory / CONFIG).read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{directory / CONFIG}: not valid JSON ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory / CONFIG}: {e}") from None
+
+
+def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, safetensors preferred; pickles only with weights_only=True."""
+    for index_name, reader in ((SAFETENSORS_INDEX, _read_safetensors), (PICKLE_INDEX, _read_pickle)):
+        index = directory / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise CheckpointError(f"{index}: not a valid weight index ({e})") from None
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(reader(directory / shard))
+            return state
+    if (directory / SAFETENSORS).is_file():
+        return _read_safetensors(directory / SAFETENSORS)
+    if (directory / PICKLE).is_file():
+        return _read_pickle(directory / PICKLE)
+    raise CheckpointError(f"{directory}: no weights ({SAFETENSORS} or {PICKLE})")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight shard is missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: corrupt or not a safetensors file ({e})") from None
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight shard is missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad or unsafe pickle
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: corrupt, or not a plain-tensor PyTorch file ({reason})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+    return state
+
+
+def canonical_name(name: str) -> str:
+    """Map a checkpoint's weight name onto BertForQuestionAnswering's (old TF names, bare BertModel)."""
+    name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    if not name.startswith(("bert.", "qa_outputs.", "cls.")):
+        name = "bert." + name
+    return name
+
+
+def load_weights(model: BertForQuestionAnswering, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Copy a state dict into the model, checking every shape. Returns the names the checkpoint lacked.
+
+    Only the span head may be missing (a base model about to be fine-tuned); it keeps its initialisation.
+    """
+    state = {canonical_name(k): v for k, v in state.items()}
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own and not k.startswith(IGNORED_PREFIXES)]
+    if unexpected:
+        raise CheckpointError(f"{source}: weights the model does not have: {', '.join(sorted(unexpected)[:5])}")
+    for name, tensor in state.items():
+        if name in own and tuple(tensor.shape) != tuple(own[name].shape):
+            raise CheckpointError(
+                f"{source}: {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(own[name].shape)}"
+            )
+    missing = [k for k in own if k not in state]
+    if any(not k.startswith("qa_outputs.") for k in missing):
+        raise CheckpointError(f"{source}: weights missing from the checkpoint: {', '.join(missing[:5])}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return missing
+
+
+def load_model(directory: Path, head_seed: int = 0) -> BertForQuestionAnswering:
+    """Build the model that config.json describes and fill it from the checkpoint's weights (as fp32).
+
+    A checkpoint without a span head gets one initialised from `head_seed`, with a warning.
+    """
+    config = load_config(directory)
+    torch.manual_seed(head_seed)
+    model = BertForQuestionAnswering(config)
+    missing = load_weights(model, load_state_dict(directory), str(directory))
+    if missing:
+        warnings.warn(
+            f"{directory}: no span head (qa_outputs) in the checkpoint; initialised it randomly (seed {head_seed}). "
+            "Fine-tune before trusting its answers.",
+            stacklevel=2,
+        )
+    return model.float().eval()
+
+
+def load_tokenizer(directory: Path) -> Tokenizer:
+    """The checkpoint's fast WordPiece tokenizer, from tokenizer.json or built from vocab.txt."""
+    if (directory / TOKENIZER).is_file():
+        try:
+            tokenizer = Tokenizer.from_file(str(directory / TOKENIZER))
+        except Exception as e:  # tokenizers raises a plain Exception on a bad file
+            raise CheckpointError(f"{directory / TOKENIZER}: not a valid tokenizer file ({e})") from None
+    elif (directory / VOCAB).is_file():
+        settings = {}
+        if (directory / TOKENIZER_CONFIG).is_file():
+            settings = json.loads((directory / TOKENIZER_CONFIG).read_text())
+        tokenizer = BertWordPieceTokenizer(
+            str(directory / VOCAB),
+            lowercase=settings.get("do_lower_case", True),
+            strip_accents=settings.get("strip_accents"),
+            handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        )._tokenizer
+    else:
+        raise CheckpointError(f"{directory}: no tokenizer ({TOKENIZER} or {VOCAB})")
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def save_checkpoint(
+    model: BertForQuestionAnswering,
+    tokenizer: Tokenizer,
+    directory: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Save in the Hugging Face layout (loadable by transformers too); each file is written atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(directory / SAFETENSORS, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG, lambda p: Path(p).write_text(json.dumps(model.config.to_dict(), indent=2)))
+    _atomic_write(directory / TOKENIZER, lambda p: tokenizer.save(p))
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    _atomic_write(directory / VOCAB, lambda p: Path(p).write_text("".join(f"{token}\n" for token, _ in vocab)))
+    lowercase = bool(getattr(tokenizer.normalizer, "lowercase", True))
+    tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase}
+    _atomic_write(directory / TOKENIZER_CONFIG, lambda p: Path(p).write_text(json.dumps(tokenizer_config, indent=2)))
+    return directory
+
+
+def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
+    """Write through a temporary file in the same directory, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,107 @@
+"""Question + context -> model inputs: overlapping windows of at most `max_seq_len` tokens.
+
+The windows are exactly those of the transformers question-answering pipeline: `[CLS] question [SEP]
+context [SEP]`, the context split with `doc_stride` tokens of overlap, character offsets kept so that an
+answer span maps back onto the original context string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tokenizers import Encoding, Tokenizer
+
+
+@dataclass(frozen=True)
+class Window:
+    """One model input: a slice of one example's context behind its question."""
+
+    example: int  # index of the (question, context) pair it came from
+    encoding: Encoding  # token ids, type ids, offsets, word ids of this window
+
+    @property
+    def length(self) -> int:
+        return len(self.encoding.ids)
+
+    @property
+    def context_mask(self) -> np.ndarray:
+        """(T,) True for tokens that may be part of an answer: those of the context."""
+        return np.array([s == 1 for s in self.encoding.sequence_ids], dtype=bool)
+
+
+def make_windows(
+    tokenizer: Tokenizer,
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    max_seq_len: int = 384,
+    doc_stride: int = 128,
+    max_question_len: int = 64,
+) -> list[Window]:
+    """Tokenise every (question, context) pair once into its windows, in input order.
+
+    Questions longer than `max_question_len` tokens are cut to that length, as the pipeline documents.
+    """
+    if doc_stride >= max_seq_len:
+        raise ValueError(f"doc_stride ({doc_stride}) must be smaller than max_seq_len ({max_seq_len})")
+    questions = [_cut_question(tokenizer, q, max_question_len) for q in questions]
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    question_lengths = [len(e.ids) for e in tokenizer.encode_batch(list(questions), add_special_tokens=False)]
+    for i, n in enumerate(question_lengths):
+        room = max_seq_len - n - 3  # [CLS] q [SEP] ... [SEP]
+        if room <= doc_stride:
+            raise ValueError(
+                f"question {i} has {n} tokens, which leaves {room} for the context: "
+                f"max_seq_len ({max_seq_len}) must exceed question tokens + 3 + doc_stride ({doc_stride})"
+            )
+    tokenizer.enable_truncation(max_seq_len, stride=doc_stride, strategy="only_second")
+    try:
+        encodings = tokenizer.encode_batch(list(zip(questions, contexts, strict=True)))
+    finally:
+        tokenizer.no_truncation()
+    return [
+        Window(example, window)
+        for example, encoding in enumerate(encodings)
+        for window in [encoding, *encoding.overflowing]
+    ]
+
+
+def _cut_question(tokenizer: Tokenizer, question: str, max_question_len: int) -> str:
+    encoding = tokenizer.encode(question, add_special_tokens=False)
+    if len(encoding.ids) <= max_question_len:
+        return question
+    return question[: encoding.offsets[max_question_len - 1][1]]
+
+
+@dataclass
+class Batch:
+    """Windows padded to a common length, as tensors."""
+
+    windows: list[Window]
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    token_type_ids: torch.Tensor  # (B, T)
+
+
+def batches(windows: Sequence[Window], batch_size: int, pad_id: int = 0) -> Iterator[Batch]:
+    """Batches of windows of similar length (sorted by length), so little compute goes to padding."""
+    order = sorted(range(len(windows)), key=lambda i: windows[i].length)
+    for start in range(0, len(order), batch_size):
+        chunk = [windows[i] for i in order[start : start + batch_size]]
+        yield collate(chunk, pad_id)
+
+
+def collate(windows: Sequence[Window], pad_id: int = 0) -> Batch:
+    T = max(w.length for w in windows)
+    input_ids = torch.full((len(windows), T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(windows), T), dtype=torch.long)
+    token_type_ids = torch.zeros((len(windows), T), dtype=torch.long)
+    for row, w in enumerate(windows):
+        n = w.length
+        input_ids[row, :n] = torch.tensor(w.encoding.ids)
+        attention_mask[row, :n] = 1
+        token_type_ids[row, :n] = torch.tensor(w.encoding.type_ids)
+    return Batch(list(windows), input_ids, attention_mask, token_type_ids)

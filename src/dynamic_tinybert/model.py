@@ -1,0 +1,324 @@
+"""BERT for extractive question answering, with Drop-and-Restore dynamic sequence length.
+
+Read top to bottom: the config, then one module per sub-layer (named exactly as Hugging Face checkpoints
+name their weights, so every BERT checkpoint maps onto this file 1:1), then the encoder, where each layer
+may keep only its most attended-to tokens (Length-Adaptive Transformer, Kim & Cho 2021). Dropped tokens
+keep the hidden state of the last layer they completed and are restored to their places before the span
+head, which scores every position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .length_config import LengthConfig, is_full_length
+
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+}
+
+
+@dataclass
+class BertConfig:
+    """The shape of a BERT encoder; the field names are those of a Hugging Face `config.json`."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BertConfig:
+        """Read a Hugging Face BERT `config.json` dict; unknown keys (architectures, ...) are ignored."""
+        model_type = data.get("model_type", "bert")
+        if model_type != "bert":
+            raise ValueError(f"model_type is {model_type!r}; only BERT checkpoints are supported")
+        if data.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"position_embedding_type {data['position_embedding_type']!r} is not supported")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        """The `config.json` that lets transformers load the saved checkpoint too."""
+        return {"architectures": ["BertForQuestionAnswering"], "model_type": "bert", **asdict(self)}
+
+
+@dataclass
+class SpanLogits:
+    start_logits: torch.Tensor  # (B, T)
+    end_logits: torch.Tensor  # (B, T)
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.LayerNorm(x))  # (B, T, H)
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, need_probs: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend over the real tokens in `mask` (B, T); return probabilities only when asked for.
+
+        The fused kernel is used whenever nobody needs the probabilities (every non-dropping layer).
+        """
+        B, T, H = x.shape
+        q, k, v = (
+            proj(x).view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+            for proj in (self.query, self.key, self.value)
+        )
+        key_mask = mask[:, None, None, :]  # (B, 1, 1, T)
+        dropout = self.dropout_prob if self.training else 0.0
+        if need_probs:
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, T)
+            probs = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
+            context = F.dropout(probs, dropout, self.training) @ v
+        else:
+            probs = None
+            attn_mask = None if bool(mask.all()) else key_mask
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        return context.transpose(1, 2).reshape(B, T, H), probs
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, need_probs: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        context, probs = self.self(x, mask, need_probs)
+        return self.output(context, x), probs
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACTIVATIONS[config.hidden_act]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertLayer(nn.Module):
+    """Attention, then (Drop-and-Restore happens here, in the encoder) the feed-forward sub-layer."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.intermediate(x), x)
+
+
+# Token ranks for selection: [CLS] first, then protected question tokens, then the rest, padding last.
+RANK_CLS, RANK_QUESTION, RANK_TOKEN, RANK_PADDING = 2, 1, 0, -1
+
+
+def select_tokens(
+    probs: torch.Tensor, mask: torch.Tensor, rank: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose the tokens a layer keeps: the `keep[b]` most attended-to tokens of each input.
+
+    probs (B, nh, T, T) attention probabilities; mask (B, T) real tokens; rank (B, T) one of the RANK_*
+    values; keep (B,) tokens to keep, at most the input's real tokens. The significance of a token is the
+    attention it receives, summed over heads and over real query positions. Tokens are ordered by rank
+    first and significance second, so [CLS] always survives and padding never displaces a real token.
+
+    Returns index (B, K) into the current tokens, kept ones in their original order, K = max(keep);
+    and the new mask (B, K), False in the slots of inputs that keep fewer than K.
+    """
+    B, T = mask.shape
+    significance = torch.einsum("bhqk,bq->bk", probs, mask.to(probs.dtype))  # (B, T)
+    by_significance = significance.argsort(dim=1, descending=True, stable=True)
+    by_rank = rank.gather(1, by_significance).argsort(dim=1, descending=True, stable=True)
+    order = by_significance.gather(1, by_rank)  # (B, T) best first
+    position_in_order = torch.empty_like(order).scatter_(1, order, torch.arange(T, device=mask.device).expand(B, T))
+    kept = position_in_order < keep[:, None]  # (B, T)
+    K = int(keep.max())
+    # kept tokens first, each group in original order (keys are unique, so the sort is exact)
+    index = ((~kept) * T + torch.arange(T, device=mask.device)).argsort(dim=1)[:, :K]  # (B, K)
+    new_mask = torch.arange(K, device=mask.device)[None, :] < keep[:, None]  # (B, K)
+    return index, new_mask
+
+
+def restore(buffer: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Write each current token's hidden state (B, K, H) back to its original position in buffer (B, T+1, H).
+
+    positions (B, K) holds original indices; slots that carry no token point at the spare last row T.
+    """
+    return buffer.scatter(1, positions.unsqueeze(-1).expand_as(hidden), hidden)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, keep_counts: torch.Tensor | None, rank: torch.Tensor
+    ) -> torch.Tensor:
+        """Run every layer; with keep_counts (B, L) a layer keeps only that many tokens of each input.
+
+        A layer that would keep every real token computes no significance scores and uses the fused kernel.
+        """
+        B, T, H = x.shape
+        positions = torch.arange(T, device=x.device).expand(B, T)  # (B, K) original index of each slot
+        restored = None  # (B, T+1, H), filled only once a layer drops tokens
+        for i, layer in enumerate(self.layer):
+            keep = None if keep_counts is None else keep_counts[:, i]
+            drops = keep is not None and bool((keep < mask.sum(dim=1)).any())
+            attended, probs = layer.attention(x, mask, need_probs=drops)
+            if drops:
+                if restored is None:
+                    restored = x.new_zeros(B, T + 1, H)
+                restored = restore(restored, x, positions)  # dropped tokens keep this layer's input
+                index, mask = select_tokens(probs, mask, rank, keep)
+                attended = attended.gather(1, index.unsqueeze(-1).expand(-1, -1, H))
+                positions = positions.gather(1, index).masked_fill(~mask, T)
+                rank = rank.gather(1, index).masked_fill(~mask, RANK_PADDING)
+            x = layer.feed_forward(attended)
+        if restored is None:
+            return x
+        return restore(restored, x, positions)[:, :T]
+
+
+class BertModel(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+
+
+class BertForQuestionAnswering(nn.Module):
+    """BERT encoder plus span head; `length_config` picks the tokens each layer keeps, per call."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation, used for weights a checkpoint lacks (e.g. a fresh span head)."""
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        length_config: LengthConfig | None = None,
+    ) -> SpanLogits:
+        """Start and end logits for every position of input_ids (B, T)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        mask = attention_mask.bool()
+        keep_counts = None
+        if not is_full_length(length_config):
+            length_config.check_fits(self.config.num_hidden_layers, self.config.max_position_embeddings)
+            keep_counts = length_config.keep_counts(mask.sum(dim=1))
+        rank = token_ranks(
+            mask, token_type_ids, protect_question=bool(length_config and length_config.protect_question)
+        )
+        hidden = self.bert.encoder(self.bert.embeddings(input_ids, token_type_ids), mask, keep_counts, rank)
+        start, end = self.qa_outputs(hidden).unbind(dim=-1)  # (B, T) each
+        return SpanLogits(start.contiguous(), end.contiguous())
+
+
+def token_ranks(mask: torch.Tensor, token_type_ids: torch.Tensor, protect_question: bool) -> torch.Tensor:
+    """RANK_* of every token (B, T): [CLS] at position 0, question tokens when protected, padding."""
+    rank = torch.full_like(token_type_ids, RANK_TOKEN)
+    if protect_question:
+        rank = rank.masked_fill(token_type_ids == 0, RANK_QUESTION)
+    rank[:, 0] = RANK_CLS
+    return rank.masked_fill(~mask, RANK_PADDING)

@@ -1,0 +1,215 @@
+"""`QuestionAnswerer`: the user-facing callable, shaped like the transformers question-answering pipeline.
+
+    qa = QuestionAnswerer.from_pretrained("Intel/dynamic_tinybert")
+    qa(question="Where do I live?", context="My name is Wolfgang and I live in Berlin")
+    # {'score': 0.97, 'start': 34, 'end': 40, 'answer': 'Berlin'}
+
+Same inputs (one pair, lists, dicts), options, defaults and output dicts as that pipeline; on top, a
+`length_config` per call trades accuracy for speed without reloading anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from tokenizers import Tokenizer
+
+from . import checkpoint
+from .decoding import decode_answers
+from .features import Window, batches, make_windows
+from .length_config import LengthConfig
+from .model import BertForQuestionAnswering
+
+
+@dataclass(frozen=True)
+class AnswerOptions:
+    """Per-call settings, defaults as in the transformers pipeline."""
+
+    top_k: int = 1
+    doc_stride: int | None = None  # overlap between windows; None: min(max_seq_len // 2, 128)
+    max_answer_len: int = 15
+    max_seq_len: int = 384
+    max_question_len: int = 64
+    handle_impossible_answer: bool = False
+    align_to_words: bool = True
+    null_threshold: float = 0.0
+    length_config: LengthConfig | None = None
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "max_answer_len", "max_seq_len", "max_question_len", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.doc_stride is not None and (not isinstance(self.doc_stride, int) or self.doc_stride < 0):
+            raise ValueError(f"doc_stride must be an integer >= 0, got {self.doc_stride!r}")
+        if self.length_config is not None and not isinstance(self.length_config, LengthConfig):
+            raise ValueError(f"length_config must be a LengthConfig, got {type(self.length_config).__name__}")
+
+    @property
+    def stride(self) -> int:
+        return self.doc_stride if self.doc_stride is not None else min(self.max_seq_len // 2, 128)
+
+
+@dataclass
+class Answers:
+    """Everything one run produced: the answers of each example and the windows the model saw."""
+
+    answers: list[list[dict]]  # per example, best first
+    windows: list[Window]
+
+
+class QuestionAnswerer:
+    """Extractive question answering with a length-adaptive BERT.
+
+    Build it with `from_pretrained` (a directory in the Hugging Face layout, or a hub id); call it like the
+    transformers pipeline. Defaults given here (`length_config`, `batch_size`, ...) apply to every call
+    unless the call overrides them.
+    """
+
+    def __init__(self, model: BertForQuestionAnswering, tokenizer: Tokenizer, **defaults) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.token_to_id("[PAD]") or 0
+        self.defaults = AnswerOptions(**defaults)
+        self._check(self.defaults)
+
+    @classmethod
+    def from_pretrained(
+        cls, path_or_id: str | os.PathLike, revision: str | None = None, device: str = "cpu", **defaults
+    ) -> QuestionAnswerer:
+        """Load a checkpoint directory or Hugging Face Hub id (see `checkpoint.resolve`)."""
+        directory = checkpoint.resolve(path_or_id, revision)
+        model = checkpoint.load_model(directory).to(device)
+        return cls(model, checkpoint.load_tokenizer(directory), **defaults)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __call__(self, *args, question=None, context=None, **options) -> dict | list:
+        """Answer one (question, context) pair, lists of them, or dicts with those keys.
+
+        Returns one answer dict for one pair (a list of dicts when top_k > 1), a list of those for many.
+        """
+        questions, contexts, single = _normalise_inputs(args, question, context)
+        run = self.run(questions, contexts, **options)
+        results = [answers[0] if len(answers) == 1 else answers for answers in run.answers]
+        return results[0] if single else results
+
+    def run(
+        self,
+        questions: Sequence[str],
+        contexts: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+        **options,
+    ) -> Answers:
+        """Answer every pair; `progress(n)` is told each time n more windows have gone through the model."""
+        opts = replace(self.defaults, **options) if options else self.defaults
+        self._check(opts)
+        windows = make_windows(
+            self.tokenizer, questions, contexts, opts.max_seq_len, opts.stride, opts.max_question_len
+        )
+        start_logits, end_logits = self.logits(windows, opts.length_config, opts.batch_size, progress)
+        per_example: list[list[int]] = [[] for _ in questions]
+        for i, window in enumerate(windows):
+            per_example[window.example].append(i)
+        answers = [
+            decode_answers(
+                contexts[example],
+                [windows[i] for i in indices],
+                [start_logits[i] for i in indices],
+                [end_logits[i] for i in indices],
+                top_k=opts.top_k,
+                max_answer_len=opts.max_answer_len,
+                handle_impossible_answer=opts.handle_impossible_answer,
+                align_to_words=opts.align_to_words,
+                null_threshold=opts.null_threshold,
+            )
+            for example, indices in enumerate(per_example)
+        ]
+        return Answers(answers, windows)
+
+    @torch.inference_mode()
+    def logits(
+        self,
+        windows: Sequence[Window],
+        length_config: LengthConfig | None,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[list, list]:
+        """Start and end logits (numpy, one array per window, unpadded) in window order."""
+        start_logits: list = [None] * len(windows)
+        end_logits: list = [None] * len(windows)
+        index = {id(w): i for i, w in enumerate(windows)}
+        for batch in batches(windows, batch_size, self.pad_id):
+            out = self.model(
+                batch.input_ids.to(self.device),
+                batch.attention_mask.to(self.device),
+                batch.token_type_ids.to(self.device),
+                length_config=length_config,
+            )
+            starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+            for row, window in enumerate(batch.windows):
+                i = index[id(window)]
+                start_logits[i], end_logits[i] = starts[row, : window.length], ends[row, : window.length]
+            if progress is not None:
+                progress(len(batch.windows))
+        return start_logits, end_logits
+
+    def _check(self, opts: AnswerOptions) -> None:
+        config = self.model.config
+        if opts.max_seq_len > config.max_position_embeddings:
+            raise ValueError(
+                f"max_seq_len ({opts.max_seq_len}) exceeds the model's {config.max_position_embeddings} positions"
+            )
+        if opts.stride >= opts.max_seq_len:
+            raise ValueError(f"doc_stride ({opts.stride}) must be smaller than max_seq_len ({opts.max_seq_len})")
+        if opts.length_config is not None:
+            opts.length_config.check_fits(config.num_hidden_layers, opts.max_seq_len)
+
+
+def _normalise_inputs(args: tuple, question, context) -> tuple[list[str], list[str], bool]:
+    """Accept the pipeline's input forms; return questions, contexts and whether one pair was given."""
+    if args and (question is not None or context is not None):
+        raise ValueError("give the inputs either positionally or as question=/context=, not both")
+    if len(args) == 2 and all(isinstance(a, str) for a in args):
+        question, context = args
+    elif len(args) == 1:
+        items = args[0]
+        single = isinstance(items, dict)
+        items = [items] if single else items
+        if not isinstance(items, list | tuple) or not all(isinstance(i, dict) for i in items):
+            raise ValueError("positional input must be a dict with 'question' and 'context', or a list of them")
+        for i, item in enumerate(items):
+            for key in ("question", "context"):
+                if key not in item:
+                    raise ValueError(f"input {i} has no {key!r} key; expected {{'question': ..., 'context': ...}}")
+        questions, contexts = [i["question"] for i in items], [i["context"] for i in items]
+        _check_texts(questions, contexts)
+        return questions, contexts, single
+    elif args:
+        raise ValueError(f"expected (question, context), a dict or a list of dicts; got {len(args)} positional values")
+    if question is None or context is None:
+        raise ValueError("both question and context are required")
+    single = isinstance(question, str) and isinstance(context, str)
+    questions = [question] if isinstance(question, str) else list(question)
+    contexts = [context] if isinstance(context, str) else list(context)
+    if len(contexts) == 1 and len(questions) > 1:
+        contexts = contexts * len(questions)  # several questions about one context
+    if len(questions) != len(contexts):
+        raise ValueError(f"got {len(questions)} questions but {len(contexts)} contexts")
+    _check_texts(questions, contexts)
+    return questions, contexts, single
+
+
+def _check_texts(questions: Sequence, contexts: Sequence) -> None:
+    for name, texts in (("question", questions), ("context", contexts)):
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"{name} {i} must be a string, got {type(text).__name__}")
+            if not text.strip():
+                raise ValueError(f"{name} {i} is empty")
