@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
+from .fileio import atomic_write, atomic_write_text
 from .model import BertConfig, BertForQuestionAnswering
 
 CONFIG = "config.json"
@@ -58,39 +57,29 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
 
 
 def _download(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    """Fetch only what loading needs: safetensors weights if the repo has them, else the pickled ones."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    def fetch(filename: str, required: bool) -> Path | None:
+    def snapshot(patterns: list[str]) -> Path:
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision))
-        except EntryNotFoundError:
-            if required:
-                raise CheckpointError(f"{repo_id}: the hub repository has no {filename}") from None
-            return None
+            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
         except LocalEntryNotFoundError:
-            if required:
-                raise CheckpointError(
-                    f"{repo_id}: cannot fetch {filename} from the Hugging Face Hub and it is not in the local "
-                    f"cache (offline? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})"
-                ) from None
-            return None
+            raise CheckpointError(
+                f"{repo_id}: not in the local Hugging Face cache and the Hub cannot be reached "
+                "(no network, or HF_HUB_OFFLINE=1); download it once with network access"
+            ) from None
         except HfHubHTTPError as e:
             reason = str(e).splitlines()[0]
-            raise CheckpointError(f"{repo_id}: cannot fetch {filename} from the Hugging Face Hub: {reason}") from None
-        except ValueError as e:  # malformed repo id
-            raise CheckpointError(f"{repo_id}: not a checkpoint directory or a valid hub id ({e})") from None
+            raise CheckpointError(f"{repo_id}: cannot fetch it from the Hugging Face Hub: {reason}") from None
+        except ValueError as e:  # a malformed repo id
+            raise CheckpointError(f"{repo_id}: neither a checkpoint directory nor a valid hub id ({e})") from None
 
-    directory = fetch(CONFIG, required=True).parent
-    if fetch(SAFETENSORS, required=False) is None:
-        index = fetch(SAFETENSORS_INDEX, required=False) or fetch(PICKLE_INDEX, required=False)
-        if index is not None:
-            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-                fetch(shard, required=True)
-        elif fetch(PICKLE, required=False) is None:
-            raise CheckpointError(f"{repo_id}: the hub repository has no {SAFETENSORS} or {PICKLE}")
-    for name in OPTIONAL_FILES:
-        fetch(name, required=False)
+    directory = snapshot([CONFIG, SAFETENSORS, SAFETENSORS_INDEX, "model-*-of-*.safetensors", *OPTIONAL_FILES])
+    if not (directory / CONFIG).is_file():
+        raise CheckpointError(f"{repo_id}: the hub repository has no {CONFIG}")
+    if not ((directory / SAFETENSORS).is_file() or (directory / SAFETENSORS_INDEX).is_file()):
+        directory = snapshot([CONFIG, PICKLE, PICKLE_INDEX, "pytorch_model-*-of-*.bin", *OPTIONAL_FILES])
     return directory
 
 
@@ -227,24 +216,12 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / SAFETENSORS, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG, lambda p: Path(p).write_text(json.dumps(model.config.to_dict(), indent=2)))
-    _atomic_write(directory / TOKENIZER, lambda p: tokenizer.save(p))
+    atomic_write(directory / SAFETENSORS, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write_text(directory / CONFIG, json.dumps(model.config.to_dict(), indent=2))
+    atomic_write(directory / TOKENIZER, lambda p: tokenizer.save(p))
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    _atomic_write(directory / VOCAB, lambda p: Path(p).write_text("".join(f"{token}\n" for token, _ in vocab)))
+    atomic_write_text(directory / VOCAB, "".join(f"{token}\n" for token, _ in vocab))
     lowercase = bool(getattr(tokenizer.normalizer, "lowercase", True))
     tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase}
-    _atomic_write(directory / TOKENIZER_CONFIG, lambda p: Path(p).write_text(json.dumps(tokenizer_config, indent=2)))
+    atomic_write_text(directory / TOKENIZER_CONFIG, json.dumps(tokenizer_config, indent=2))
     return directory
-
-
-def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -17,12 +17,13 @@ import json
 import os
 import re
 import string
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .fileio import atomic_write_text
 
 __all__ = [
     "SquadDataset",
@@ -401,17 +402,7 @@ def write_predictions(path: str | os.PathLike, predictions: dict[str, str]) -> N
     for qid, text in predictions.items():
         if not isinstance(qid, str) or not isinstance(text, str):
             raise TypeError(f"predictions must map str to str; got {qid!r}: {text!r}")
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(predictions, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(predictions, ensure_ascii=False))
 
 
 def load_predictions(path: str | os.PathLike) -> dict[str, str]:

