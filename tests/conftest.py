@@ -26,13 +26,13 @@ TINY_WORDS = (
 def tiny_vocab() -> list[str]:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    return specials + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + TINY_WORDS
+    tokens = specials + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + TINY_WORDS
+    return list(dict.fromkeys(tokens))  # "a" and "i" are both letters and words
 
 
 def make_tiny_tokenizer(tmp_dir: Path) -> Tokenizer:
-    vocab_file = tmp_dir / "tiny-vocab.txt"
-    vocab_file.write_text("\n".join(tiny_vocab()) + "\n")
-    return BertWordPieceTokenizer(str(vocab_file), lowercase=True)._tokenizer
+    vocab = {token: i for i, token in enumerate(tiny_vocab())}
+    return BertWordPieceTokenizer(vocab, lowercase=True)._tokenizer
 
 
 def tiny_config(**overrides) -> BertConfig:

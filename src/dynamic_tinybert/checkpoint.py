@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
+from tokenizers.models import WordPiece
 
 from .fileio import atomic_write, atomic_write_text
 from .model import BertConfig, BertForQuestionAnswering
@@ -84,8 +85,14 @@ def _download(repo_id: str, revision: str | None) -> Path:
 
 
 def load_config(directory: Path) -> BertConfig:
+    path = directory / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a checkpoint directory (no {CONFIG})")
     try:
-        return BertConfig.from_dict(json.loads((directory / CONFIG).read_text()))
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        return BertConfig.from_dict(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{directory / CONFIG}: not valid JSON ({e})") from None
     except (TypeError, ValueError) as e:
@@ -99,7 +106,7 @@ def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         if index.is_file():
             try:
                 shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
                 raise CheckpointError(f"{index}: not a valid weight index ({e})") from None
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
@@ -131,6 +138,9 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: corrupt, or not a plain-tensor PyTorch file ({reason})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(not_tensors[:5])}")
     return state
 
 
@@ -170,8 +180,9 @@ def load_model(directory: Path, head_seed: int = 0) -> BertForQuestionAnswering:
     A checkpoint without a span head gets one initialised from `head_seed`, with a warning.
     """
     config = load_config(directory)
-    torch.manual_seed(head_seed)
-    model = BertForQuestionAnswering(config)
+    with torch.random.fork_rng(devices=[]):  # seed the head without touching the caller's RNG
+        torch.manual_seed(head_seed)
+        model = BertForQuestionAnswering(config)
     missing = load_weights(model, load_state_dict(directory), str(directory))
     if missing:
         warnings.warn(
@@ -194,7 +205,7 @@ def load_tokenizer(directory: Path) -> Tokenizer:
         if (directory / TOKENIZER_CONFIG).is_file():
             settings = json.loads((directory / TOKENIZER_CONFIG).read_text())
         tokenizer = BertWordPieceTokenizer(
-            str(directory / VOCAB),
+            WordPiece.read_file(str(directory / VOCAB)),
             lowercase=settings.get("do_lower_case", True),
             strip_accents=settings.get("strip_accents"),
             handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
@@ -219,9 +230,14 @@ def save_checkpoint(
     atomic_write(directory / SAFETENSORS, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     atomic_write_text(directory / CONFIG, json.dumps(model.config.to_dict(), indent=2))
     atomic_write(directory / TOKENIZER, lambda p: tokenizer.save(p))
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    atomic_write_text(directory / VOCAB, "".join(f"{token}\n" for token, _ in vocab))
+    atomic_write_text(directory / VOCAB, "".join(f"{token}\n" for token in vocab_lines(tokenizer)))
     lowercase = bool(getattr(tokenizer.normalizer, "lowercase", True))
     tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase}
     atomic_write_text(directory / TOKENIZER_CONFIG, json.dumps(tokenizer_config, indent=2))
     return directory
+
+
+def vocab_lines(tokenizer: Tokenizer) -> list[str]:
+    """vocab.txt's lines: line i is the token of id i; ids no token uses become [unusedN], as BERT's vocab does."""
+    by_id = {i: token for token, i in tokenizer.get_vocab().items()}
+    return [by_id.get(i, f"[unused{i}]") for i in range(max(by_id) + 1)]

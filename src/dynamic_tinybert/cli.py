@@ -67,7 +67,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_answer_args(parser: argparse.ArgumentParser, max_answer_len: int) -> None:
     parser.add_argument("--length-config", type=length_config_arg, help="per-layer tokens (269,253,...) or ratios")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-seq-len", type=int, default=384)
+    parser.add_argument("--max-seq-len", type=int, help="tokens per window (default: min(model positions, 384))")
     parser.add_argument("--doc-stride", type=int, help="window overlap in tokens (default: min(max_seq_len//2, 128))")
     parser.add_argument("--max-answer-len", type=int, default=max_answer_len, help="longest answer in tokens")
 

@@ -49,6 +49,9 @@ class LengthConfig:
     @classmethod
     def tokens(cls, counts: Sequence[int], protect_question: bool = False) -> LengthConfig:
         """Absolute tokens kept per layer, as in LAT (e.g. 269,253,252,202,104,34)."""
+        for i, count in enumerate(counts):
+            if not float(count).is_integer():
+                raise LengthConfigError(f"length config entry {i} is {count}: token counts must be integers >= 1")
         return cls(tuple(int(c) for c in counts), relative=False, protect_question=protect_question)
 
     @classmethod
@@ -78,9 +81,9 @@ class LengthConfig:
             numbers = [float(p) for p in parts]
         except ValueError:
             raise LengthConfigError(f"length config {text!r} is not a comma-separated list of numbers") from None
-        if any("." in p for p in parts):
+        if any("." in p or "e" in p.lower() for p in parts):
             return cls.ratios(numbers, protect_question=protect)
-        return cls.tokens([int(n) for n in numbers], protect_question=protect)
+        return cls.tokens(numbers, protect_question=protect)
 
     def __str__(self) -> str:
         text = ",".join(str(float(v)) if self.relative else str(int(v)) for v in self.values)

@@ -31,7 +31,7 @@ class AnswerOptions:
     top_k: int = 1
     doc_stride: int | None = None  # overlap between windows; None: min(max_seq_len // 2, 128)
     max_answer_len: int = 15
-    max_seq_len: int = 384
+    max_seq_len: int | None = None  # None: min(the model's positions, 384)
     max_question_len: int = 64
     handle_impossible_answer: bool = False
     align_to_words: bool = True
@@ -42,6 +42,8 @@ class AnswerOptions:
     def __post_init__(self) -> None:
         for name in ("top_k", "max_answer_len", "max_seq_len", "max_question_len", "batch_size"):
             value = getattr(self, name)
+            if name == "max_seq_len" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.doc_stride is not None and (not isinstance(self.doc_stride, int) or self.doc_stride < 0):
@@ -49,9 +51,11 @@ class AnswerOptions:
         if self.length_config is not None and not isinstance(self.length_config, LengthConfig):
             raise ValueError(f"length_config must be a LengthConfig, got {type(self.length_config).__name__}")
 
-    @property
-    def stride(self) -> int:
-        return self.doc_stride if self.doc_stride is not None else min(self.max_seq_len // 2, 128)
+    def resolved(self, max_positions: int) -> AnswerOptions:
+        """The options with the model-dependent defaults filled in."""
+        max_seq_len = self.max_seq_len if self.max_seq_len is not None else min(max_positions, 384)
+        doc_stride = self.doc_stride if self.doc_stride is not None else min(max_seq_len // 2, 128)
+        return replace(self, max_seq_len=max_seq_len, doc_stride=doc_stride)
 
 
 @dataclass
@@ -75,7 +79,7 @@ class QuestionAnswerer:
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self.defaults = AnswerOptions(**defaults)
-        self._check(self.defaults)
+        self._resolve(self.defaults)  # fail at construction, not at the first call
 
     @classmethod
     def from_pretrained(
@@ -108,10 +112,9 @@ class QuestionAnswerer:
         **options,
     ) -> Answers:
         """Answer every pair; `progress(n)` is told each time n more windows have gone through the model."""
-        opts = replace(self.defaults, **options) if options else self.defaults
-        self._check(opts)
+        opts = self._resolve(replace(self.defaults, **options))
         windows = make_windows(
-            self.tokenizer, questions, contexts, opts.max_seq_len, opts.stride, opts.max_question_len
+            self.tokenizer, questions, contexts, opts.max_seq_len, opts.doc_stride, opts.max_question_len
         )
         start_logits, end_logits = self.logits(windows, opts.length_config, opts.batch_size, progress)
         per_example: list[list[int]] = [[] for _ in questions]
@@ -160,16 +163,19 @@ class QuestionAnswerer:
                 progress(len(batch.windows))
         return start_logits, end_logits
 
-    def _check(self, opts: AnswerOptions) -> None:
+    def _resolve(self, opts: AnswerOptions) -> AnswerOptions:
+        """Fill in model-dependent defaults and check the options against the model."""
         config = self.model.config
+        opts = opts.resolved(config.max_position_embeddings)
         if opts.max_seq_len > config.max_position_embeddings:
             raise ValueError(
                 f"max_seq_len ({opts.max_seq_len}) exceeds the model's {config.max_position_embeddings} positions"
             )
-        if opts.stride >= opts.max_seq_len:
-            raise ValueError(f"doc_stride ({opts.stride}) must be smaller than max_seq_len ({opts.max_seq_len})")
+        if opts.doc_stride >= opts.max_seq_len:
+            raise ValueError(f"doc_stride ({opts.doc_stride}) must be smaller than max_seq_len ({opts.max_seq_len})")
         if opts.length_config is not None:
             opts.length_config.check_fits(config.num_hidden_layers, opts.max_seq_len)
+        return opts
 
 
 def _normalise_inputs(args: tuple, question, context) -> tuple[list[str], list[str], bool]:
@@ -195,6 +201,9 @@ def _normalise_inputs(args: tuple, question, context) -> tuple[list[str], list[s
         raise ValueError(f"expected (question, context), a dict or a list of dicts; got {len(args)} positional values")
     if question is None or context is None:
         raise ValueError("both question and context are required")
+    for name, value in (("question", question), ("context", context)):
+        if not isinstance(value, str | list | tuple):
+            raise ValueError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
     single = isinstance(question, str) and isinstance(context, str)
     questions = [question] if isinstance(question, str) else list(question)
     contexts = [context] if isinstance(context, str) else list(context)
