@@ -105,7 +105,9 @@ def build_parser() -> Parser:
 
     info = commands.add_parser("info", help="shape, parameters and MACs of a model")
     add_model_args(info)
-    info.add_argument("--lengths", type=int_list_arg, default=[128, 384], help="input lengths for the MACs table")
+    info.add_argument(
+        "--lengths", type=int_list_arg, help="input lengths for the MACs table (default: 128 and min(positions, 384))"
+    )
     info.add_argument("--length-config", type=length_config_arg, help="also count MACs under this config")
     info.add_argument("--json", action="store_true")
     return parser
@@ -149,10 +151,7 @@ def read_ask_inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if args.input is not None:
         if args.question:
             raise UsageError("dtb ask: give either a question or --input, not both")
-        pairs = [json.loads(line) for line in args.input.read_text().splitlines() if line.strip()]
-        if not all(isinstance(p, dict) and "question" in p and "context" in p for p in pairs):
-            raise UsageError(f"dtb ask: {args.input}: every line must be a JSON object with question and context")
-        return [p["question"] for p in pairs], [p["context"] for p in pairs]
+        return read_jsonl_pairs(args.input)
     if not args.question:
         raise UsageError("dtb ask: give a question (or --input FILE)")
     if args.context is not None:
@@ -164,6 +163,27 @@ def read_ask_inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     else:
         raise UsageError("dtb ask: give the context with --context, --context-file or on stdin")
     return [args.question], [context]
+
+
+def read_jsonl_pairs(path: Path) -> tuple[list[str], list[str]]:
+    """Questions and contexts from JSON lines {"question": ..., "context": ...}; errors name the line."""
+    questions, contexts = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            pair = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"dtb ask: {path}:{number}: not JSON ({e.msg})") from None
+        if not (
+            isinstance(pair, dict) and isinstance(pair.get("question"), str) and isinstance(pair.get("context"), str)
+        ):
+            raise UsageError(f'dtb ask: {path}:{number}: expected {{"question": string, "context": string}}')
+        questions.append(pair["question"])
+        contexts.append(pair["context"])
+    if not questions:
+        raise UsageError(f"dtb ask: {path}: no questions in the file")
+    return questions, contexts
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -228,7 +248,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.length_config is not None:
         args.length_config.check_fits(config.num_hidden_layers, config.max_position_embeddings)
     rows = []
-    for n in args.lengths:
+    lengths = args.lengths or sorted(
+        {min(128, config.max_position_embeddings), min(384, config.max_position_embeddings)}
+    )
+    for n in lengths:
         if n > config.max_position_embeddings:
             raise UsageError(f"dtb info: --lengths {n} exceeds the model's {config.max_position_embeddings} positions")
         full = macs(config, n)

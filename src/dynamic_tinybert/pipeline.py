@@ -2,7 +2,7 @@
 
     qa = QuestionAnswerer.from_pretrained("Intel/dynamic_tinybert")
     qa(question="Where do I live?", context="My name is Wolfgang and I live in Berlin")
-    # {'score': 0.97, 'start': 34, 'end': 40, 'answer': 'Berlin'}
+    # -> {"score": float, "start": 34, "end": 40, "answer": "Berlin"} for a model trained on SQuAD
 
 Same inputs (one pair, lists, dicts), options, defaults and output dicts as that pipeline; on top, a
 `length_config` per call trades accuracy for speed without reloading anything.
@@ -112,6 +112,7 @@ class QuestionAnswerer:
         **options,
     ) -> Answers:
         """Answer every pair; `progress(n)` is told each time n more windows have gone through the model."""
+        _check_texts(questions, contexts)
         opts = self._resolve(replace(self.defaults, **options))
         windows = make_windows(
             self.tokenizer, questions, contexts, opts.max_seq_len, opts.doc_stride, opts.max_question_len
@@ -194,9 +195,7 @@ def _normalise_inputs(args: tuple, question, context) -> tuple[list[str], list[s
             for key in ("question", "context"):
                 if key not in item:
                     raise ValueError(f"input {i} has no {key!r} key; expected {{'question': ..., 'context': ...}}")
-        questions, contexts = [i["question"] for i in items], [i["context"] for i in items]
-        _check_texts(questions, contexts)
-        return questions, contexts, single
+        return [i["question"] for i in items], [i["context"] for i in items], single
     elif args:
         raise ValueError(f"expected (question, context), a dict or a list of dicts; got {len(args)} positional values")
     if question is None or context is None:
@@ -209,13 +208,12 @@ def _normalise_inputs(args: tuple, question, context) -> tuple[list[str], list[s
     contexts = [context] if isinstance(context, str) else list(context)
     if len(contexts) == 1 and len(questions) > 1:
         contexts = contexts * len(questions)  # several questions about one context
-    if len(questions) != len(contexts):
-        raise ValueError(f"got {len(questions)} questions but {len(contexts)} contexts")
-    _check_texts(questions, contexts)
     return questions, contexts, single
 
 
 def _check_texts(questions: Sequence, contexts: Sequence) -> None:
+    if len(questions) != len(contexts):
+        raise ValueError(f"got {len(questions)} questions but {len(contexts)} contexts")
     for name, texts in (("question", questions), ("context", contexts)):
         for i, text in enumerate(texts):
             if not isinstance(text, str):
