@@ -76,14 +76,14 @@ def hand_made_probs(received: torch.Tensor, mask: torch.Tensor, num_heads: int =
 
 
 @pytest.fixture
-def recorded_need_probs(monkeypatch):
-    """Every need_probs flag BertSelfAttention.forward is called with, in order."""
+def recorded_need_scores(monkeypatch):
+    """Every need_scores flag BertSelfAttention.forward is called with, in order."""
     calls: list[bool] = []
     original = BertSelfAttention.forward
 
-    def recording(self, x, mask, need_probs):
-        calls.append(need_probs)
-        return original(self, x, mask, need_probs)
+    def recording(self, x, mask, need_scores):
+        calls.append(need_scores)
+        return original(self, x, mask, need_scores)
 
     monkeypatch.setattr(BertSelfAttention, "forward", recording)
     return calls
@@ -246,7 +246,8 @@ def layer_by_layer(model, ids, types, keep):
     rank = token_ranks(torch.ones(1, T, dtype=torch.bool), types, protect_question=False)[0]
     for layer, k in zip(model.bert.encoder.layer, keep, strict=True):
         n = positions.numel()
-        attended, probs = layer.attention(x[None], torch.ones(1, n, dtype=torch.bool), need_probs=True)
+        attended, scores = layer.attention(x[None], torch.ones(1, n, dtype=torch.bool), need_scores=True)
+        probs = scores.softmax(dim=-1)
         if k < n:
             index, _ = select_tokens(probs, torch.ones(1, n, dtype=torch.bool), rank[None], torch.tensor([k]))
             index = index[0]
@@ -460,7 +461,7 @@ def test_token_ranks_put_cls_first_then_protected_question_then_context_then_pad
 
 
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
-def test_fused_attention_equals_the_probabilities_path(padded):
+def test_fused_attention_equals_the_scores_path(padded):
     torch.manual_seed(0)
     attention = BertSelfAttention(BertConfig(hidden_size=32, num_attention_heads=4)).eval()
     for linear in (attention.query, attention.key, attention.value):
@@ -470,17 +471,18 @@ def test_fused_attention_equals_the_probabilities_path(padded):
     mask = torch.arange(7)[None, :] < lengths[:, None]
 
     with torch.no_grad():
-        fused, no_probs = attention(x, mask, need_probs=False)
-        explicit, probs = attention(x, mask, need_probs=True)
+        fused, no_scores = attention(x, mask, need_scores=False)
+        explicit, scores = attention(x, mask, need_scores=True)
 
-    assert no_probs is None
-    assert probs.shape == (3, 4, 7, 7)
+    assert no_scores is None
+    assert scores.shape == (3, 4, 7, 7)
+    probs = scores.softmax(dim=-1)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
     torch.testing.assert_close(probs.sum(dim=-1), torch.ones(3, 4, 7))
     assert (probs * ~mask[:, None, None, :]).abs().max() == 0  # no attention on padding
 
 
-def test_no_layer_computes_probabilities_when_nothing_is_dropped(recorded_need_probs):
+def test_no_layer_computes_probabilities_when_nothing_is_dropped(recorded_need_scores):
     model = tiny_model(seed=0)
     ids, mask, types = make_batch([10, 6, 3], [3, 2, 1], model.config.vocab_size)
 
@@ -489,27 +491,27 @@ def test_no_layer_computes_probabilities_when_nothing_is_dropped(recorded_need_p
         model(ids, mask, types, length_config=LengthConfig.ratios([1.0, 1.0, 1.0]))
         model(ids, mask, types)
 
-    assert recorded_need_probs == [False] * 9
+    assert recorded_need_scores == [False] * 9
 
 
-def test_only_dropping_layers_compute_probabilities(recorded_need_probs):
+def test_only_dropping_layers_compute_probabilities(recorded_need_scores):
     model = tiny_model(seed=0)
     ids, mask, types = make_batch([10, 6, 3], [3, 2, 1], model.config.vocab_size)
 
     with torch.no_grad():
         model(ids, mask, types, length_config=LengthConfig.ratios([1.0, 0.5, 0.5]))
 
-    assert recorded_need_probs == [False, True, False]
+    assert recorded_need_scores == [False, True, False]
 
 
-def test_a_layer_drops_when_any_input_of_the_batch_drops(recorded_need_probs):
+def test_a_layer_drops_when_any_input_of_the_batch_drops(recorded_need_scores):
     model = tiny_model(seed=0)
     ids, mask, types = make_batch([10, 6], [3, 2], model.config.vocab_size)
 
     with torch.no_grad():
         model(ids, mask, types, length_config=LengthConfig.tokens([8, 8, 8]))  # only the 10-token input drops
 
-    assert recorded_need_probs == [True, False, False]
+    assert recorded_need_scores == [True, False, False]
 
 
 # --- training -----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ head, which scores every position.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,7 @@ class BertConfig:
 class SpanLogits:
     start_logits: torch.Tensor  # (B, T)
     end_logits: torch.Tensor  # (B, T)
+    trace: Trace | None = None  # only when asked for (distillation)
 
 
 class BertEmbeddings(nn.Module):
@@ -106,11 +107,12 @@ class BertSelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, need_probs: bool
+        self, x: torch.Tensor, mask: torch.Tensor, need_scores: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attend over the real tokens in `mask` (B, T); return probabilities only when asked for.
+        """Attend over the real tokens in `mask` (B, T); return the attention scores only when asked for.
 
-        The fused kernel is used whenever nobody needs the probabilities (every non-dropping layer).
+        Scores are the pre-softmax logits (B, nh, T, T), padded keys at the dtype's minimum. The fused kernel
+        is used whenever nobody needs them (every non-dropping layer at inference).
         """
         B, T, H = x.shape
         q, k, v = (
@@ -119,15 +121,15 @@ class BertSelfAttention(nn.Module):
         )
         key_mask = mask[:, None, None, :]  # (B, 1, 1, T)
         dropout = self.dropout_prob if self.training else 0.0
-        if need_probs:
+        if need_scores:
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, T)
-            probs = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
-            context = F.dropout(probs, dropout, self.training) @ v
+            scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+            context = F.dropout(scores.softmax(dim=-1), dropout, self.training) @ v
         else:
-            probs = None
+            scores = None
             attn_mask = None if bool(mask.all()) else key_mask
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-        return context.transpose(1, 2).reshape(B, T, H), probs
+        return context.transpose(1, 2).reshape(B, T, H), scores
 
 
 class BertSelfOutput(nn.Module):
@@ -148,10 +150,10 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, need_probs: bool
+        self, x: torch.Tensor, mask: torch.Tensor, need_scores: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, probs = self.self(x, mask, need_probs)
-        return self.output(context, x), probs
+        context, scores = self.self(x, mask, need_scores)
+        return self.output(context, x), scores
 
 
 class BertIntermediate(nn.Module):
@@ -227,34 +229,64 @@ def restore(buffer: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor)
     return buffer.scatter(1, positions.unsqueeze(-1).expand_as(hidden), hidden)
 
 
+@dataclass
+class Trace:
+    """What distillation looks at: the input of every layer and every layer's attention.
+
+    hidden_states[0] is the embeddings output and hidden_states[i + 1] layer i's output; attention_scores[i]
+    are layer i's pre-softmax scores and masks[i] its real tokens. Under a dropping length config they cover
+    the tokens each layer saw, not the restored sequence.
+    """
+
+    hidden_states: list[torch.Tensor] = field(default_factory=list)  # (B, T_i, H) each
+    attention_scores: list[torch.Tensor] = field(default_factory=list)  # (B, nh, T_i, T_i) each
+    masks: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each
+
+
 class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, keep_counts: torch.Tensor | None, rank: torch.Tensor
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        keep_counts: torch.Tensor | None,
+        rank: torch.Tensor,
+        skip_layers: frozenset[int] = frozenset(),
+        trace: Trace | None = None,
     ) -> torch.Tensor:
         """Run every layer; with keep_counts (B, L) a layer keeps only that many tokens of each input.
 
         A layer that would keep every real token computes no significance scores and uses the fused kernel.
+        Layers in `skip_layers` are passed over (LayerDrop); the tokens stay as they were.
         """
         B, T, H = x.shape
         positions = torch.arange(T, device=x.device).expand(B, T)  # (B, K) original index of each slot
         restored = None  # (B, T+1, H), filled only once a layer drops tokens
+        if trace is not None:
+            trace.hidden_states.append(x)
         for i, layer in enumerate(self.layer):
+            if i in skip_layers:
+                continue
             keep = None if keep_counts is None else keep_counts[:, i]
             drops = keep is not None and bool((keep < mask.sum(dim=1)).any())
-            attended, probs = layer.attention(x, mask, need_probs=drops)
+            attended, scores = layer.attention(x, mask, need_scores=drops or trace is not None)
+            if trace is not None:
+                trace.attention_scores.append(scores)
+                trace.masks.append(mask)
             if drops:
                 if restored is None:
                     restored = x.new_zeros(B, T + 1, H)
                 restored = restore(restored, x, positions)  # dropped tokens keep this layer's input
-                index, mask = select_tokens(probs, mask, rank, keep)
+                index, mask = select_tokens(scores.softmax(dim=-1), mask, rank, keep)
                 attended = attended.gather(1, index.unsqueeze(-1).expand(-1, -1, H))
                 positions = positions.gather(1, index).masked_fill(~mask, T)
                 rank = rank.gather(1, index).masked_fill(~mask, RANK_PADDING)
             x = layer.feed_forward(attended)
+            if trace is not None:
+                trace.hidden_states.append(x)
         if restored is None:
             return x
         return restore(restored, x, positions)[:, :T]
@@ -296,8 +328,14 @@ class BertForQuestionAnswering(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         length_config: LengthConfig | None = None,
+        skip_layers: frozenset[int] = frozenset(),
+        trace: bool = False,
     ) -> SpanLogits:
-        """Start and end logits for every position of input_ids (B, T)."""
+        """Start and end logits for every position of input_ids (B, T).
+
+        Training extras: `skip_layers` passes over those layers (LayerDrop); `trace` also returns every
+        layer's hidden states and attention scores (for intermediate-layer distillation).
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
@@ -310,9 +348,11 @@ class BertForQuestionAnswering(nn.Module):
         rank = token_ranks(
             mask, token_type_ids, protect_question=bool(length_config and length_config.protect_question)
         )
-        hidden = self.bert.encoder(self.bert.embeddings(input_ids, token_type_ids), mask, keep_counts, rank)
+        recorded = Trace() if trace else None
+        embedded = self.bert.embeddings(input_ids, token_type_ids)
+        hidden = self.bert.encoder(embedded, mask, keep_counts, rank, frozenset(skip_layers), recorded)
         start, end = self.qa_outputs(hidden).unbind(dim=-1)  # (B, T) each
-        return SpanLogits(start.contiguous(), end.contiguous())
+        return SpanLogits(start.contiguous(), end.contiguous(), recorded)
 
 
 def token_ranks(mask: torch.Tensor, token_type_ids: torch.Tensor, protect_question: bool) -> torch.Tensor:
