@@ -19,7 +19,8 @@ SQUAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 TINY_WORDS = (
     "the a an of in on at to is was who what where when which how many did does city river king queen born "
     "paris london berlin rome france england germany italy year capital lives lived name my i you he she it "
-    "and or by for with from this that there their team won game super bowl denver broncos panthers"
+    "and or by for with from this that there their team won game super bowl denver broncos panthers "
+    "alice bob carol dave erin frank grace henry madrid vienna oslo athens does live"
 ).split()
 
 

@@ -103,6 +103,8 @@ def build_parser() -> Parser:
     score.add_argument("--na-prob-threshold", type=float, default=1.0)
     score.add_argument("--json", action="store_true")
 
+    add_train_parsers(commands)
+
     info = commands.add_parser("info", help="shape, parameters and MACs of a model")
     add_model_args(info)
     info.add_argument(
@@ -111,6 +113,126 @@ def build_parser() -> Parser:
     info.add_argument("--length-config", type=length_config_arg, help="also count MACs under this config")
     info.add_argument("--json", action="store_true")
     return parser
+
+
+# Per-stage defaults from the published recipes (REFERENCE.md section 3): learning rate, epochs, batch size.
+RECIPES = {
+    "finetune": (3e-5, 2, 8),
+    "length-drop": (2e-5, 10, 32),
+    "id": (5e-5, 20, 16),
+    "pd": (3e-5, 10, 16),
+}
+
+
+def add_train_parsers(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="fine-tune or distil a span-QA model (one resumable loop)")
+    stages = train.add_subparsers(dest="train_command", required=True, parser_class=Parser)
+    finetune = stages.add_parser("finetune", help="fine-tune any BERT checkpoint on SQuAD-format data")
+    finetune.add_argument("--model", required=True, help="checkpoint directory or hub id to start from")
+    distill = stages.add_parser("distill", help="TinyBERT distillation: intermediate layers (id) or predictions (pd)")
+    distill.add_argument("--teacher", required=True, help="fine-tuned teacher checkpoint")
+    student = distill.add_mutually_exclusive_group(required=True)
+    student.add_argument("--student", help="student checkpoint to start from")
+    student.add_argument("--student-layers", type=int_list_arg, help="start from these teacher layers (1-based)")
+    distill.add_argument("--stage", choices=["id", "pd"], required=True)
+    distill.add_argument(
+        "--attention", choices=["probs", "scores"], default="probs", help="id: what attention MSE compares"
+    )
+    distill.add_argument("--temperature", type=float, default=1.0, help="pd: softmax temperature")
+    for parser in (finetune, distill):
+        parser.add_argument("--data", type=Path, required=True, help="SQuAD v1.1 or v2.0 training file")
+        parser.add_argument("--output", type=Path, required=True, help="run folder: checkpoints, metrics, model/")
+        parser.add_argument("--answerable-only", action="store_true", help="drop unanswerable (SQuAD 2.0) questions")
+        parser.add_argument("--limit", type=int, help="only the first N questions")
+        held_out = parser.add_mutually_exclusive_group()
+        held_out.add_argument("--eval-data", type=Path, help="held-out SQuAD file evaluated each epoch")
+        held_out.add_argument(
+            "--holdout-articles", type=int, default=2, help="hold out the last N articles (default 2)"
+        )
+        parser.add_argument("--epochs", type=int, help="default: the stage's published recipe")
+        parser.add_argument("--batch-size", type=int, help="windows per forward pass and process")
+        parser.add_argument("--lr", type=float, help="peak learning rate (default: the stage's recipe)")
+        parser.add_argument("--warmup-ratio", type=float, default=0.1)
+        parser.add_argument("--weight-decay", type=float, default=0.01)
+        parser.add_argument("--grad-accum", type=int, default=1)
+        parser.add_argument("--grad-clip", type=float, default=1.0)
+        parser.add_argument("--seed", type=int, default=42)
+        parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
+        parser.add_argument("--log-every", type=int, default=20)
+        parser.add_argument("--max-seq-len", type=int, default=384)
+        parser.add_argument("--doc-stride", type=int, default=128)
+        parser.add_argument(
+            "--cache-dir", type=Path, help="tokenised features cache (default: ~/.cache/dynamic-tinybert)"
+        )
+        parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+        parser.add_argument("--threads", type=int, help="CPU threads for torch")
+        parser.add_argument("--revision", help="hub revision of the checkpoints")
+        parser.add_argument("--length-drop", action="store_true", help="LengthDrop: train every length at once")
+        parser.add_argument("--length-drop-ratio-bound", type=float, default=0.2)
+        parser.add_argument("--num-sandwich", type=int, default=2)
+        parser.add_argument("--layer-drop", type=float, default=0.2, help="LengthDrop's LayerDrop probability")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import training
+
+    if args.train_command == "distill" and args.stage == "id" and args.length_drop:
+        raise UsageError("dtb train distill: --length-drop goes with --stage pd (or finetune), not id")
+    if args.train_command == "finetune":
+        directory = checkpoint.resolve(args.model, args.revision)
+        model, teacher = checkpoint.load_model(directory), None
+    else:
+        directory = checkpoint.resolve(args.teacher, args.revision)
+        teacher = checkpoint.load_model(directory)
+        if args.student_layers:
+            layers = [i - 1 for i in args.student_layers]
+            model = training.student_from_teacher_layers(teacher, layers)
+        else:
+            student_dir = checkpoint.resolve(args.student, args.revision)
+            model = checkpoint.load_model(student_dir)
+            if checkpoint.load_tokenizer(student_dir).get_vocab() != checkpoint.load_tokenizer(directory).get_vocab():
+                raise UsageError(
+                    "dtb train distill: teacher and student tokenizers differ; distillation needs one vocabulary"
+                )
+    tokenizer = checkpoint.load_tokenizer(directory)
+    stage = "length-drop" if args.length_drop else (args.stage if args.train_command == "distill" else "finetune")
+    lr, epochs, batch_size = RECIPES[stage]
+    settings = training.TrainSettings(
+        output_dir=args.output,
+        epochs=args.epochs or epochs,
+        batch_size=args.batch_size or batch_size,
+        learning_rate=args.lr or lr,
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        grad_accum=args.grad_accum,
+        grad_clip=args.grad_clip,
+        seed=args.seed,
+        save_every=args.save_every,
+        log_every=args.log_every,
+    )
+    if args.train_command == "finetune":
+        objective = training.SpanLoss()
+    elif args.stage == "pd":
+        objective = training.PredictionDistillation(teacher, args.temperature)
+    else:
+        objective = training.IntermediateDistillation(teacher, model, args.attention)
+    if args.length_drop:
+        objective = training.LengthDrop(
+            objective, args.length_drop_ratio_bound, args.num_sandwich, args.layer_drop, seed=args.seed
+        )
+    features, held_out = training.data.training_data(
+        tokenizer,
+        args.data,
+        training.WindowSettings(args.max_seq_len, args.doc_stride),
+        answerable_only=args.answerable_only,
+        limit=args.limit,
+        holdout_articles=0 if args.eval_data else args.holdout_articles,
+        eval_data=args.eval_data,
+        cache_dir=args.cache_dir or training.data.default_cache_dir(),
+    )
+    result = training.train(model, tokenizer, objective, features, settings, eval_set=held_out, resume=args.resume)
+    print(json.dumps({"model": str(args.output / "model"), "held_out": result}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +413,7 @@ def print_table(values: dict) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
-COMMANDS = {"ask": cmd_ask, "eval": cmd_eval, "score": cmd_score, "info": cmd_info}
+COMMANDS = {"ask": cmd_ask, "eval": cmd_eval, "score": cmd_score, "info": cmd_info, "train": cmd_train}
 
 if __name__ == "__main__":
     sys.exit(main())

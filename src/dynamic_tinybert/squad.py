@@ -71,6 +71,31 @@ class SquadDataset:
         """Whether to score with SQuAD v2.0 rules (unanswerable questions, v2.0 F1)."""
         return self.version.startswith("v2") or any(q.is_impossible for q in self.questions)
 
+    def select(self, ids: Iterable[str]) -> SquadDataset:
+        """The questions whose id is in `ids`, with `articles` trimmed to them (so scoring covers just those)."""
+        wanted = set(ids)
+        articles = []
+        for article in self.articles:
+            paragraphs = [
+                {**p, "qas": [qa for qa in p["qas"] if qa["id"] in wanted]}
+                for p in article["paragraphs"]
+                if any(qa["id"] in wanted for qa in p["qas"])
+            ]
+            if paragraphs:
+                articles.append({**article, "paragraphs": paragraphs})
+        return SquadDataset(self.version, articles, [q for q in self.questions if q.id in wanted])
+
+    def split_articles(self, held_out: int) -> tuple[SquadDataset, SquadDataset]:
+        """(the rest, the last `held_out` articles): a held-out slice that shares no paragraph with training."""
+        titles = list(dict.fromkeys(q.title for q in self.questions))
+        if not 0 < held_out < len(titles):
+            raise ValueError(f"cannot hold out {held_out} of {len(titles)} articles")
+        held = set(titles[-held_out:])
+        return (
+            self.select(q.id for q in self.questions if q.title not in held),
+            self.select(q.id for q in self.questions if q.title in held),
+        )
+
 
 # --------------------------------------------------------------------------------------------------
 # Reading SQuAD files
