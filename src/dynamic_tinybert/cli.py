@@ -159,8 +159,8 @@ def add_train_parsers(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--seed", type=int, default=42)
         parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
         parser.add_argument("--log-every", type=int, default=20)
-        parser.add_argument("--max-seq-len", type=int, default=384)
-        parser.add_argument("--doc-stride", type=int, default=128)
+        parser.add_argument("--max-seq-len", type=int, help="tokens per window (default: min(model positions, 384))")
+        parser.add_argument("--doc-stride", type=int, help="window overlap (default: min(max_seq_len // 2, 128))")
         parser.add_argument(
             "--cache-dir", type=Path, help="tokenised features cache (default: ~/.cache/dynamic-tinybert)"
         )
@@ -199,9 +199,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     lr, epochs, batch_size = RECIPES[stage]
     settings = training.TrainSettings(
         output_dir=args.output,
-        epochs=args.epochs or epochs,
-        batch_size=args.batch_size or batch_size,
-        learning_rate=args.lr or lr,
+        epochs=epochs if args.epochs is None else args.epochs,
+        batch_size=batch_size if args.batch_size is None else args.batch_size,
+        learning_rate=lr if args.lr is None else args.lr,
         warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay,
         grad_accum=args.grad_accum,
@@ -220,10 +220,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         objective = training.LengthDrop(
             objective, args.length_drop_ratio_bound, args.num_sandwich, args.layer_drop, seed=args.seed
         )
+    max_seq_len = args.max_seq_len or min(model.config.max_position_embeddings, 384)
+    doc_stride = args.doc_stride if args.doc_stride is not None else min(max_seq_len // 2, 128)
     features, held_out = training.data.training_data(
         tokenizer,
         args.data,
-        training.WindowSettings(args.max_seq_len, args.doc_stride),
+        training.WindowSettings(max_seq_len, doc_stride),
         answerable_only=args.answerable_only,
         limit=args.limit,
         holdout_articles=0 if args.eval_data else args.holdout_articles,

@@ -91,7 +91,10 @@ def cached_features(
     if cache_dir is None:
         return label_windows(tokenizer, questions, settings)
     key = hashlib.sha256()
-    key.update(tokenizer.to_str().encode())
+    vocabulary_and_rules = Tokenizer.from_str(tokenizer.to_str())
+    vocabulary_and_rules.no_truncation()  # transient settings must not change the key
+    vocabulary_and_rules.no_padding()
+    key.update(vocabulary_and_rules.to_str().encode())
     key.update(json.dumps(settings.__dict__, sort_keys=True).encode())
     for q in questions:
         key.update(json.dumps([q.id, q.question, q.context, q.answers, q.answer_starts, q.is_impossible]).encode())

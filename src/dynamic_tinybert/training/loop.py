@@ -85,6 +85,12 @@ def train(
     Writes into settings.output_dir: `checkpoints/` (resumable state), `metrics.jsonl` (one JSON object
     per log line and evaluation) and, at the end, `model/` in the Hugging Face layout.
     """
+    longest = int(features.lengths.max()) if len(features) else 0
+    if longest > model.config.max_position_embeddings:
+        raise ValueError(
+            f"training windows of {longest} tokens exceed the model's {model.config.max_position_embeddings} "
+            "positions: lower max_seq_len"
+        )
     rank, world_size, device = start_distributed()
     out = settings.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -123,12 +129,14 @@ def train(
         for index, batch in enumerate(iterate(features, batches, first, pad_id), start=first):
             batch = batch.to(device)
             closes_step = (index + 1) % settings.grad_accum == 0 or index + 1 == len(batches)
+            group_start = index - index % settings.grad_accum
+            group_size = min(settings.grad_accum, len(batches) - group_start)  # an epoch's last group may be short
             passes = objective.passes(wrapped, batch, position.step)
             for k, run_pass in enumerate(passes):
                 syncs = closes_step and k == len(passes) - 1
                 with autocast, nullcontext() if syncs or world_size == 1 else wrapped.no_sync():
                     result = run_pass()
-                (result.loss / settings.grad_accum).backward()
+                (result.loss / group_size).backward()
                 window_loss += result.loss.item()
             window_batches += 1
             window_examples += len(batch) * world_size
@@ -157,7 +165,7 @@ def train(
                 log.write(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
                 window_loss, window_batches, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
-            if position.step % settings.save_every == 0:
+            if position.step % settings.save_every == 0 and index + 1 < len(batches):  # epoch ends save below
                 save_state(out / "checkpoints", position, model, objective, optimizer, schedule, rank)
             if on_step is not None:
                 on_step(position.step)

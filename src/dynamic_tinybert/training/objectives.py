@@ -84,7 +84,7 @@ class PredictionDistillation(Objective):
     def __init__(self, teacher: BertForQuestionAnswering, temperature: float = 1.0):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher.eval()  # run under no_grad; its weights are not touched
         self.temperature = temperature
 
     def passes(self, model: nn.Module, batch: TrainBatch, step: int) -> list[Pass]:
@@ -113,7 +113,7 @@ class IntermediateDistillation(Objective):
     def __init__(self, teacher: BertForQuestionAnswering, student: BertForQuestionAnswering, attention: str = "probs"):
         if attention not in ("scores", "probs"):
             raise ValueError(f"attention must be 'scores' or 'probs', got {attention!r}")
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher.eval()  # run under no_grad; its weights are not touched
         self.attention = attention
         s, t = student.config, teacher.config
         self.layer_map = [round(i * t.num_hidden_layers / s.num_hidden_layers) for i in range(s.num_hidden_layers + 1)]
