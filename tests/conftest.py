@@ -31,7 +31,7 @@ def tiny_vocab() -> list[str]:
     return list(dict.fromkeys(tokens))  # "a" and "i" are both letters and words
 
 
-def make_tiny_tokenizer(tmp_dir: Path) -> Tokenizer:
+def make_tiny_tokenizer() -> Tokenizer:
     vocab = {token: i for i, token in enumerate(tiny_vocab())}
     return BertWordPieceTokenizer(vocab, lowercase=True)._tokenizer
 
@@ -58,7 +58,7 @@ def tiny_model(seed: int = 0, **overrides) -> BertForQuestionAnswering:
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """A random tiny BERT QA checkpoint in the Hugging Face layout."""
     directory = tmp_path / "tiny"
-    checkpoint.save_checkpoint(tiny_model(), make_tiny_tokenizer(tmp_path), directory)
+    checkpoint.save_checkpoint(tiny_model(), make_tiny_tokenizer(), directory)
     return directory
 
 

@@ -111,7 +111,7 @@ def assert_answer_in_context(answer: dict, context: str) -> None:
 
 @pytest.fixture
 def tokenizer(tmp_path: Path) -> Tokenizer:
-    return make_tiny_tokenizer(tmp_path)
+    return make_tiny_tokenizer()
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def dtb(capsys: pytest.CaptureFixture):
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random BERT QA checkpoint, with 384 positions so that the default max_seq_len fits."""
     directory = tmp_path_factory.mktemp("tiny384")
-    checkpoint.save_checkpoint(tiny_model(max_position_embeddings=384), make_tiny_tokenizer(directory), directory)
+    checkpoint.save_checkpoint(tiny_model(max_position_embeddings=384), make_tiny_tokenizer(), directory)
     return directory
 
 

@@ -50,7 +50,7 @@ def test_spans_never_leave_the_context_and_respect_max_answer_len() -> None:
 
 @pytest.fixture
 def tokenizer(tmp_path) -> Tokenizer:
-    return make_tiny_tokenizer(tmp_path)
+    return make_tiny_tokenizer()
 
 
 def logits_pointing_at(window, first: int, last: int, null: float = -5.0) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ DROPPING = LengthConfig.ratios([0.9, 0.7, 0.5])
 def tiny_answerer(directory: Path) -> QuestionAnswerer:
     # the tiny model with 384 positions: SQuAD contexts, spelled out in its character-level vocabulary, take
     # a few windows of 384 tokens instead of many of 128
-    return QuestionAnswerer(tiny_model(max_position_embeddings=384), make_tiny_tokenizer(directory))
+    return QuestionAnswerer(tiny_model(max_position_embeddings=384), make_tiny_tokenizer())
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ FIELDS = ("ids", "type_ids", "offsets", "start", "end")
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return make_tiny_tokenizer(Path("."))
+    return make_tiny_tokenizer()
 
 
 def facts_context(count: int, seed: int) -> str:
@@ -204,7 +204,7 @@ def test_cached_features_second_call_reads_the_cache(tokenizer, tmp_path, monkey
         raise AssertionError("label_windows ran although the features were cached")
 
     monkeypatch.setattr(data, "label_windows", must_not_run)
-    second = cached_features(make_tiny_tokenizer(tmp_path), list(questions), SETTINGS, tmp_path)
+    second = cached_features(make_tiny_tokenizer(), list(questions), SETTINGS, tmp_path)
     assert_same_features(first, second)
     assert_same_features(first, label_windows(tokenizer, questions, SETTINGS))
 

@@ -43,7 +43,7 @@ from dynamic_tinybert.training.data import Features, collate, epoch_batches
 from conftest import make_tiny_tokenizer, tiny_model
 
 WINDOWS = WindowSettings(max_seq_len=64, doc_stride=16)
-TOKENIZER = make_tiny_tokenizer(Path("."))
+TOKENIZER = make_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -64,7 +64,7 @@ def fit(model, tokenizer, objective, output: Path, epochs: int, questions=TRAIN.
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return make_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    return make_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")

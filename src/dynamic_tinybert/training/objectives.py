@@ -234,9 +234,3 @@ def kl_divergence(target_log_probs: torch.Tensor, log_probs: torch.Tensor) -> to
 def unwrap(model: nn.Module) -> BertForQuestionAnswering:
     """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model
-
-
-def check_tokenizers_match(teacher_vocab: dict, student_vocab: dict) -> None:
-    """Distillation feeds both models the same token ids: their vocabularies must agree."""
-    if teacher_vocab != student_vocab:
-        raise ValueError("teacher and student tokenizers differ: distillation needs the same vocabulary")
