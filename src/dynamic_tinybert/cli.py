@@ -22,6 +22,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .checkpoint import CheckpointError
 from .cost import macs
+from .features import window_defaults
 from .length_config import LengthConfig, LengthConfigError
 from .squad import load_predictions, load_squad, score_predictions, write_predictions
 
@@ -220,8 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         objective = training.LengthDrop(
             objective, args.length_drop_ratio_bound, args.num_sandwich, args.layer_drop, seed=args.seed
         )
-    max_seq_len = args.max_seq_len or min(model.config.max_position_embeddings, 384)
-    doc_stride = args.doc_stride if args.doc_stride is not None else min(max_seq_len // 2, 128)
+    max_seq_len, doc_stride = window_defaults(model.config.max_position_embeddings, args.max_seq_len, args.doc_stride)
     features, held_out = training.data.training_data(
         tokenizer,
         args.data,
@@ -253,12 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def required_model(args: argparse.Namespace) -> str:
+    if not args.model:
+        raise UsageError(f"dtb {args.command}: no model: pass --model DIR_OR_HUB_ID or set ${MODEL_ENV}")
+    return args.model
+
+
 def load_answerer(args: argparse.Namespace):
     from .pipeline import QuestionAnswerer
 
-    if not args.model:
-        raise UsageError(f"dtb {args.command}: no model: pass --model DIR_OR_HUB_ID or set ${MODEL_ENV}")
-    return QuestionAnswerer.from_pretrained(args.model, revision=args.revision)
+    return QuestionAnswerer.from_pretrained(required_model(args), revision=args.revision)
 
 
 def answer_options(args: argparse.Namespace) -> dict:
@@ -364,9 +368,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    if not args.model:
-        raise UsageError(f"dtb info: no model: pass --model DIR_OR_HUB_ID or set ${MODEL_ENV}")
-    directory = checkpoint.resolve(args.model, args.revision)
+    directory = checkpoint.resolve(required_model(args), args.revision)
     model = checkpoint.load_model(directory)
     config = model.config
     if args.length_config is not None:

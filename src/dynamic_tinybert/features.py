@@ -32,6 +32,12 @@ class Window:
         return np.array([s == 1 for s in self.encoding.sequence_ids], dtype=bool)
 
 
+def window_defaults(max_positions: int, max_seq_len: int | None, doc_stride: int | None) -> tuple[int, int]:
+    """(max_seq_len, doc_stride) with the pipeline's defaults: min(positions, 384) and min(max_seq_len // 2, 128)."""
+    max_seq_len = max_seq_len if max_seq_len is not None else min(max_positions, 384)
+    return max_seq_len, doc_stride if doc_stride is not None else min(max_seq_len // 2, 128)
+
+
 def make_windows(
     tokenizer: Tokenizer,
     questions: Sequence[str],

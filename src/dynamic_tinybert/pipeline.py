@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from . import checkpoint
 from .decoding import decode_answers
-from .features import Window, batches, make_windows
+from .features import Window, batches, make_windows, window_defaults
 from .length_config import LengthConfig
 from .model import BertForQuestionAnswering
 
@@ -53,8 +53,7 @@ class AnswerOptions:
 
     def resolved(self, max_positions: int) -> AnswerOptions:
         """The options with the model-dependent defaults filled in."""
-        max_seq_len = self.max_seq_len if self.max_seq_len is not None else min(max_positions, 384)
-        doc_stride = self.doc_stride if self.doc_stride is not None else min(max_seq_len // 2, 128)
+        max_seq_len, doc_stride = window_defaults(max_positions, self.max_seq_len, self.doc_stride)
         return replace(self, max_seq_len=max_seq_len, doc_stride=doc_stride)
 
 

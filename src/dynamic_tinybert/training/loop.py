@@ -96,7 +96,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed + rank)
     model.to(device).train()
-    objective_to(objective, device)
+    objective.to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     extra = list(objective.trainable.parameters()) if objective.trainable is not None else []
     optimizer = torch.optim.AdamW(
@@ -196,17 +196,6 @@ def start_distributed() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local_rank)
         return dist.get_rank(), world_size, torch.device("cuda", local_rank)
     return dist.get_rank(), world_size, torch.device("cpu")
-
-
-def objective_to(objective: Objective, device: torch.device) -> None:
-    for name in ("teacher", "base"):
-        inner = getattr(objective, name, None)
-        if isinstance(inner, nn.Module):
-            inner.to(device)
-        elif isinstance(inner, Objective):
-            objective_to(inner, device)
-    if objective.trainable is not None:
-        objective.trainable.to(device)
 
 
 def param_groups(model: nn.Module, extra: nn.Module | None, weight_decay: float) -> list[dict]:

@@ -43,6 +43,11 @@ class Objective:
 
     trainable: nn.Module | None = None
 
+    def to(self, device: torch.device) -> None:
+        """Move what the objective owns (a teacher, a fit layer) to the training device."""
+        if self.trainable is not None:
+            self.trainable.to(device)
+
     def passes(self, model: nn.Module, batch: TrainBatch, step: int) -> list[Pass]:
         raise NotImplementedError
 
@@ -87,6 +92,10 @@ class PredictionDistillation(Objective):
         self.teacher = teacher.eval()  # run under no_grad; its weights are not touched
         self.temperature = temperature
 
+    def to(self, device: torch.device) -> None:
+        super().to(device)
+        self.teacher.to(device)
+
     def passes(self, model: nn.Module, batch: TrainBatch, step: int) -> list[Pass]:
         def full() -> PassResult:
             with torch.no_grad():
@@ -120,6 +129,10 @@ class IntermediateDistillation(Objective):
         self.trainable = (
             nn.Linear(s.hidden_size, t.hidden_size) if s.hidden_size != t.hidden_size else None
         )  # W_fit, TinyBERT's fit_dense
+
+    def to(self, device: torch.device) -> None:
+        super().to(device)
+        self.teacher.to(device)
 
     def passes(self, model: nn.Module, batch: TrainBatch, step: int) -> list[Pass]:
         def full() -> PassResult:
@@ -198,6 +211,9 @@ class LengthDrop(Objective):
             skipped = torch.rand(num_layers, generator=generator) < self.layer_drop
             chosen.append((LengthConfig.ratios(ratios), frozenset(torch.nonzero(skipped).flatten().tolist())))
         return chosen
+
+    def to(self, device: torch.device) -> None:
+        self.base.to(device)
 
     def passes(self, model: nn.Module, batch: TrainBatch, step: int) -> list[Pass]:
         [full_pass] = self.base.passes(model, batch, step)
