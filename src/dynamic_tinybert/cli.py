@@ -23,7 +23,10 @@ from . import checkpoint
 from .checkpoint import CheckpointError
 from .cost import macs
 from .features import window_defaults
+from .fileio import atomic_write_text
+from .frontier import BudgetError, load_frontier
 from .length_config import LengthConfig, LengthConfigError
+from .search import METHODS
 from .squad import load_predictions, load_squad, score_predictions, write_predictions
 
 MODEL_ENV = "DTB_MODEL"
@@ -65,8 +68,38 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
+def duration_arg(text: str) -> float:
+    """Seconds, or a number with s, m or h: "900", "15m", "1.5h"."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give seconds or e.g. 15m, 1.5h") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return seconds
+
+
+def float_list_arg(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give keep ratios in (0, 1], e.g. 1.0,0.8,0.6")
+    return values
+
+
 def add_answer_args(parser: argparse.ArgumentParser, max_answer_len: int) -> None:
-    parser.add_argument("--length-config", type=length_config_arg, help="per-layer tokens (269,253,...) or ratios")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--length-config", type=length_config_arg, help="per-layer tokens (269,253,...) or ratios")
+    length.add_argument(
+        "--budget", type=float, help="fraction of the full model's MACs: the best frontier config within it"
+    )
+    length.add_argument(
+        "--latency-ms", type=float, help="ms per question on this machine: the best frontier config within it"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-len", type=int, help="tokens per window (default: min(model positions, 384))")
     parser.add_argument("--doc-stride", type=int, help="window overlap in tokens (default: min(max_seq_len//2, 128))")
@@ -105,6 +138,7 @@ def build_parser() -> Parser:
     score.add_argument("--json", action="store_true")
 
     add_train_parsers(commands)
+    add_search_parsers(commands)
 
     info = commands.add_parser("info", help="shape, parameters and MACs of a model")
     add_model_args(info)
@@ -237,6 +271,59 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_search_parsers(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser("search", help="find the accuracy/cost Pareto frontier of length configurations")
+    sweep = commands.add_parser("sweep", help="the constant keep-ratio curve: the baseline a search must beat")
+    for parser in (search, sweep):
+        add_model_args(parser)
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--data", type=Path, help="the training file: its last --holdout-articles are searched on")
+        source.add_argument(
+            "--search-data", type=Path, help="search on this whole file instead (e.g. dev, if you must)"
+        )
+        parser.add_argument(
+            "--holdout-articles", type=int, default=2, help="with --data: the held-out articles (as `dtb train`)"
+        )
+        parser.add_argument("--answerable-only", action="store_true", help="drop unanswerable (SQuAD 2.0) questions")
+        parser.add_argument("--limit", type=int, help="only the first N search questions")
+        parser.add_argument("--eval-data", type=Path, help="also score the result on this file (e.g. dev-v1.1)")
+        parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--max-seq-len", type=int, help="tokens per window (default: min(model positions, 384))")
+        parser.add_argument("--doc-stride", type=int, help="window overlap (default: min(max_seq_len//2, 128))")
+        parser.add_argument("--max-answer-len", type=int, default=30, help="longest answer in tokens")
+        parser.add_argument("--latency-batch-size", type=int, default=1, help="batch size latency is measured at")
+        parser.add_argument("--latency-questions", type=int, default=32, help="questions latency is measured on")
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    search.add_argument("--method", choices=METHODS, default="evolution")
+    search.add_argument("--cost", choices=["macs", "latency"], default="macs", help="what the frontier trades F1 for")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--time-limit", type=duration_arg, help="stop searching after this long (e.g. 900, 15m, 2h)")
+    search.add_argument("--min-ratio", type=float, default=0.1, help="smallest keep ratio of a layer")
+    search.add_argument("--ratio-step", type=float, default=0.05, help="grid step of the keep ratios")
+    search.add_argument("--protect-question", action="store_true", help="drop question tokens last")
+    search.add_argument("--population", type=int, default=20, help="initial random configs; optuna nsga2 population")
+    search.add_argument("--iterations", type=int, default=30, help="evolution: generations")
+    search.add_argument("--mutations", type=int, default=30, help="evolution: mutated children per generation")
+    search.add_argument("--crossovers", type=int, default=30, help="evolution: crossed children per generation")
+    search.add_argument("--mutation-prob", type=float, default=0.5, help="evolution: chance each layer is redrawn")
+    search.add_argument("--trials", type=int, default=150, help="optuna: trials in all, counting a resumed run's")
+    search.add_argument("--sampler", choices=["nsga2", "tpe"], default="nsga2", help="optuna's sampler")
+    search.add_argument(
+        "--output", type=Path, help="folder for pareto.json, the log and the optuna study (default: the model's)"
+    )
+    search.add_argument("--plot", type=Path, help="also draw the frontier to this image (e.g. pareto.png)")
+    sweep.add_argument(
+        "--ratios",
+        type=float_list_arg,
+        default=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+        help="keep ratios to measure (default 1.0,0.9,...,0.1)",
+    )
+    sweep.add_argument(
+        "--output", type=Path, help="write the points as JSON here (default: sweep.json beside the model)"
+    )
+    sweep.add_argument("--latency", action="store_true", help="also measure ms per question on this machine")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     warnings.showwarning = lambda message, *_args, **_kw: print(f"warning: {message}", file=sys.stderr)
@@ -247,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         return COMMANDS[args.command](args)
-    except (UsageError, CheckpointError, LengthConfigError, ValueError, OSError) as e:
+    except (UsageError, CheckpointError, LengthConfigError, BudgetError, ValueError, OSError) as e:
         message = str(e) if isinstance(e, UsageError) else f"dtb: {e}"
         print(f"error: {message}".replace("\n", " "), file=sys.stderr)
         return 2
@@ -268,6 +355,8 @@ def load_answerer(args: argparse.Namespace):
 def answer_options(args: argparse.Namespace) -> dict:
     return dict(
         length_config=args.length_config,
+        budget=args.budget,
+        latency_ms=args.latency_ms,
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         doc_stride=args.doc_stride,
@@ -345,7 +434,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_predictions(args.predictions, result.predictions)
     summary = {
         **result.summary(),
-        "length_config": str(args.length_config or "full"),
+        "length_config": str(result.length_config or "full"),
         "predictions": str(args.predictions),
     }
     if args.json:
@@ -398,8 +487,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "length_config": str(args.length_config) if args.length_config else None,
         "macs": rows,
     }
+    frontier = load_frontier(directory)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({**info, "frontier": frontier.to_dict() if frontier else None}, indent=2))
         return 0
     print_table({k: v for k, v in info.items() if k != "macs" and v is not None})
     print()
@@ -407,7 +497,137 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("  ".join(f"{h:>16}" for h in header))
     for row in rows:
         print("  ".join(f"{row[h]:>16,}" if isinstance(row[h], int) else f"{row[h]:>16}" for h in header))
+    print()
+    if frontier is None:
+        print("no accuracy/cost frontier (pareto.json): `dtb search` finds one")
+    else:
+        search = frontier.search
+        print(f"accuracy/cost frontier: {search.get('method', '?')} search on {frontier.full.data}")
+        print_frontier(frontier)
     return 0
+
+
+def search_set(args: argparse.Namespace):
+    """The questions a search or sweep measures F1 on, and a description of them for pareto.json."""
+    if args.search_data is not None:
+        dataset = load_squad(args.search_data, answerable_only=args.answerable_only, limit=args.limit)
+        return dataset, f"{args.search_data.name} ({len(dataset.questions)} questions)"
+    dataset = load_squad(args.data, answerable_only=args.answerable_only)
+    if args.holdout_articles < 1:
+        raise UsageError("dtb search: --holdout-articles must be >= 1 (search on held-out articles, not training ones)")
+    held_out = dataset.split_articles(args.holdout_articles)[1]
+    if args.limit is not None:
+        held_out = held_out.select(q.id for q in held_out.questions[: args.limit])
+    answerable = ", answerable only" if args.answerable_only else ""
+    return held_out, (
+        f"{args.data.name}: last {args.holdout_articles} articles{answerable} ({len(held_out.questions)} questions)"
+    )
+
+
+def output_folder(args: argparse.Namespace, directory: Path) -> Path:
+    """Where a search writes: --output, else the model's folder when it is a local one."""
+    if args.output is not None:
+        return args.output
+    if Path(args.model).expanduser().is_dir():
+        return directory
+    raise UsageError(f"dtb {args.command}: {args.model} is a hub id; give --output to say where to write results")
+
+
+def search_options(args: argparse.Namespace) -> dict:
+    return dict(
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        doc_stride=args.doc_stride,
+        max_answer_len=args.max_answer_len,
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .pipeline import QuestionAnswerer
+    from .search import EvolutionSettings, SearchSettings, plot_frontier, search
+
+    settings = SearchSettings(
+        method=args.method,
+        cost=args.cost,
+        seed=args.seed,
+        time_limit=args.time_limit,
+        min_ratio=args.min_ratio,
+        ratio_step=args.ratio_step,
+        protect_question=args.protect_question,
+        evolution=EvolutionSettings(
+            args.population, args.iterations, args.mutations, args.crossovers, args.mutation_prob
+        ),
+        trials=args.trials,
+        sampler=args.sampler,
+        latency_batch_size=args.latency_batch_size,
+        latency_questions=args.latency_questions,
+    )
+    directory = checkpoint.resolve(required_model(args), args.revision)
+    output = output_folder(args, directory)
+    qa = QuestionAnswerer.from_pretrained(directory)
+    dataset, name = search_set(args)
+    eval_sets = {args.eval_data.name: load_squad(args.eval_data)} if args.eval_data else None
+    with tqdm(total=settings.budget(), unit="config", desc="search", file=sys.stderr, disable=None) as bar:
+        frontier = search(qa, dataset, name, settings, output, eval_sets, bar.update, **search_options(args))
+    if args.plot is not None:
+        plot_frontier(frontier, args.plot, cost=args.cost)
+    if args.json:
+        print(json.dumps(frontier.to_dict(), indent=1))
+    else:
+        print(
+            f"{len(frontier.points)} frontier points from {frontier.search['evaluations']} configurations; "
+            f"written to {output / 'pareto.json'}"
+        )
+        print_frontier(frontier)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .pipeline import QuestionAnswerer
+    from .search import sweep
+
+    directory = checkpoint.resolve(required_model(args), args.revision)
+    target = args.output or output_folder(args, directory) / "sweep.json"
+    qa = QuestionAnswerer.from_pretrained(directory)
+    dataset, name = search_set(args)
+    latency_batch = args.latency_batch_size if args.latency else None
+    with tqdm(total=len(args.ratios), unit="config", desc="sweep", file=sys.stderr, disable=None) as bar:
+        points = sweep(qa, dataset, name, args.ratios, latency_batch, bar.update, **search_options(args))
+    if args.eval_data is not None:
+        from .evaluate import Evaluator
+        from .search.runner import with_evaluation
+
+        evaluator = Evaluator(qa, load_squad(args.eval_data), **search_options(args))
+        points = [with_evaluation(p, args.eval_data.name, evaluator) for p in points]
+    result = {"format": 1, "data": name, "points": [p.to_dict() for p in points]}
+    atomic_write_text(target, json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"written to {target}")
+        print_points(points)
+    return 0
+
+
+def print_frontier(frontier) -> None:
+    """The frontier as a table, cheapest first, with the full model last for reference."""
+    print_points([*frontier.points, frontier.full], labels=[""] * len(frontier.points) + ["full"])
+
+
+def print_points(points: list, labels: list[str] | None = None) -> None:
+    extra = sorted({name for p in points for name in p.evaluations})
+    header = ["macs_ratio", "latency_ms", "f1", "em"] + [f"f1 {name}" for name in extra] + ["length_config"]
+    rows = []
+    for point, label in zip(points, labels or [""] * len(points)):
+        latency = "-" if point.latency_ms is None else f"{point.latency_ms:.2f}"
+        rows.append(
+            [f"{point.macs_ratio:.3f}", latency, f"{point.f1:.2f}", f"{point.em:.2f}"]
+            + [f"{point.evaluations[n]['f1']:.2f}" if n in point.evaluations else "-" for n in extra]
+            + [f"{point.length_config} {label}".strip()]
+        )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    for row in [header, *rows]:
+        print("  ".join(cell.rjust(w) if i < len(header) - 1 else cell for i, (cell, w) in enumerate(zip(row, widths))))
 
 
 def print_table(values: dict) -> None:
@@ -417,7 +637,15 @@ def print_table(values: dict) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
-COMMANDS = {"ask": cmd_ask, "eval": cmd_eval, "score": cmd_score, "info": cmd_info, "train": cmd_train}
+COMMANDS = {
+    "ask": cmd_ask,
+    "eval": cmd_eval,
+    "score": cmd_score,
+    "info": cmd_info,
+    "train": cmd_train,
+    "search": cmd_search,
+    "sweep": cmd_sweep,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from . import checkpoint
 from .decoding import decode_answers
 from .features import Window, batches, make_windows, window_defaults
+from .frontier import BudgetError, Frontier, load_frontier
 from .length_config import LengthConfig
 from .model import BertForQuestionAnswering
 
@@ -37,6 +38,8 @@ class AnswerOptions:
     align_to_words: bool = True
     null_threshold: float = 0.0
     length_config: LengthConfig | None = None
+    budget: float | None = None  # fraction of the full model's MACs; picks from the model's frontier
+    latency_ms: float | None = None  # per question on this machine; picks from the model's frontier
     batch_size: int = 32
 
     def __post_init__(self) -> None:
@@ -50,6 +53,9 @@ class AnswerOptions:
             raise ValueError(f"doc_stride must be an integer >= 0, got {self.doc_stride!r}")
         if self.length_config is not None and not isinstance(self.length_config, LengthConfig):
             raise ValueError(f"length_config must be a LengthConfig, got {type(self.length_config).__name__}")
+        chosen = [n for n in ("length_config", "budget", "latency_ms") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give only one of length_config, budget and latency_ms, got {' and '.join(chosen)}")
 
     def resolved(self, max_positions: int) -> AnswerOptions:
         """The options with the model-dependent defaults filled in."""
@@ -69,13 +75,17 @@ class QuestionAnswerer:
     """Extractive question answering with a length-adaptive BERT.
 
     Build it with `from_pretrained` (a directory in the Hugging Face layout, or a hub id); call it like the
-    transformers pipeline. Defaults given here (`length_config`, `batch_size`, ...) apply to every call
-    unless the call overrides them.
+    transformers pipeline. Defaults given here (`length_config` or a `budget`, `batch_size`, ...) apply to
+    every call unless the call overrides them. A `budget` or `latency_ms` picks the most accurate length
+    configuration within it from the model's accuracy/cost frontier (`pareto.json`, see `dtb search`).
     """
 
-    def __init__(self, model: BertForQuestionAnswering, tokenizer: Tokenizer, **defaults) -> None:
+    def __init__(
+        self, model: BertForQuestionAnswering, tokenizer: Tokenizer, frontier: Frontier | None = None, **defaults
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.frontier = frontier
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self.defaults = AnswerOptions(**defaults)
         self._resolve(self.defaults)  # fail at construction, not at the first call
@@ -87,7 +97,7 @@ class QuestionAnswerer:
         """Load a checkpoint directory or Hugging Face Hub id (see `checkpoint.resolve`)."""
         directory = checkpoint.resolve(path_or_id, revision)
         model = checkpoint.load_model(directory).to(device)
-        return cls(model, checkpoint.load_tokenizer(directory), **defaults)
+        return cls(model, checkpoint.load_tokenizer(directory), load_frontier(directory), **defaults)
 
     @property
     def device(self) -> torch.device:
@@ -111,16 +121,31 @@ class QuestionAnswerer:
         **options,
     ) -> Answers:
         """Answer every pair; `progress(n)` is told each time n more windows have gone through the model."""
+        windows = self.windows(questions, contexts, **options)
+        return Answers(self.answer(windows, contexts, progress, **options), windows)
+
+    def windows(self, questions: Sequence[str], contexts: Sequence[str], **options) -> list[Window]:
+        """Tokenise every pair into model windows: done once, then `answer` under any length config."""
         _check_texts(questions, contexts)
-        opts = self._resolve(replace(self.defaults, **options))
-        windows = make_windows(
+        opts = self.options(**options)
+        return make_windows(
             self.tokenizer, questions, contexts, opts.max_seq_len, opts.doc_stride, opts.max_question_len
         )
+
+    def answer(
+        self,
+        windows: Sequence[Window],
+        contexts: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+        **options,
+    ) -> list[list[dict]]:
+        """The answers of each context from windows that `windows` made of it, best first."""
+        opts = self.options(**options)
         start_logits, end_logits = self.logits(windows, opts.length_config, opts.batch_size, progress)
-        per_example: list[list[int]] = [[] for _ in questions]
+        per_example: list[list[int]] = [[] for _ in contexts]
         for i, window in enumerate(windows):
             per_example[window.example].append(i)
-        answers = [
+        return [
             decode_answers(
                 contexts[example],
                 [windows[i] for i in indices],
@@ -134,7 +159,6 @@ class QuestionAnswerer:
             )
             for example, indices in enumerate(per_example)
         ]
-        return Answers(answers, windows)
 
     @torch.inference_mode()
     def logits(
@@ -163,10 +187,31 @@ class QuestionAnswerer:
                 progress(len(batch.windows))
         return start_logits, end_logits
 
+    def length_config_for(self, budget: float | None = None, latency_ms: float | None = None) -> LengthConfig:
+        """The most accurate configuration of the model's frontier within a MACs fraction or a latency."""
+        if self.frontier is None:
+            raise BudgetError(
+                "this model has no accuracy/cost frontier (pareto.json) to choose a budget from; "
+                "run `dtb search` on it first"
+            )
+        return self.frontier.choose(budget=budget, latency_ms=latency_ms).length_config
+
+    def options(self, **options) -> AnswerOptions:
+        """The options a call with these would run with: over the defaults, checked, a budget resolved.
+
+        A call's length choice (length_config, budget or latency_ms, even None) replaces the default one.
+        """
+        if options.keys() & {"length_config", "budget", "latency_ms"}:
+            options = {"length_config": None, "budget": None, "latency_ms": None, **options}
+        return self._resolve(replace(self.defaults, **options))
+
     def _resolve(self, opts: AnswerOptions) -> AnswerOptions:
-        """Fill in model-dependent defaults and check the options against the model."""
+        """Fill in model-dependent defaults, turn a budget into a length config, check against the model."""
         config = self.model.config
         opts = opts.resolved(config.max_position_embeddings)
+        if opts.budget is not None or opts.latency_ms is not None:
+            chosen = self.length_config_for(budget=opts.budget, latency_ms=opts.latency_ms)
+            opts = replace(opts, length_config=chosen, budget=None, latency_ms=None)
         if opts.max_seq_len > config.max_position_embeddings:
             raise ValueError(
                 f"max_seq_len ({opts.max_seq_len}) exceeds the model's {config.max_position_embeddings} positions"

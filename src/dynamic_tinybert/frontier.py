@@ -1,0 +1,178 @@
+"""The accuracy/cost Pareto frontier saved beside a model (`pareto.json`), and choosing from it by budget.
+
+A search (`dynamic_tinybert.search`) measures length configurations; the frontier keeps those that no
+other configuration beats on both F1 and cost. At inference a budget (a fraction of the full model's
+MACs on the same inputs at their real length, or milliseconds per question on this machine) picks the
+most accurate point that fits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .fileio import atomic_write_text
+from .length_config import LengthConfig
+
+FILENAME = "pareto.json"
+FORMAT_VERSION = 1
+
+
+class BudgetError(ValueError):
+    """A budget that cannot be met or makes no sense, or a model without a frontier; one line."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One length configuration and what it was measured to cost and score."""
+
+    length_config: LengthConfig
+    f1: float
+    em: float
+    macs: float  # mean per question, inputs at their real length
+    macs_ratio: float  # of the full model's MACs on the same inputs
+    keep_ratios: tuple[float, ...]  # mean fraction of each input's real tokens each layer keeps
+    data: str  # what F1, EM and MACs were measured on
+    latency_ms: float | None = None  # per question, median of repeats, on the machine that searched
+    latency_batch_size: int | None = None
+    evaluations: dict[str, dict] = field(default_factory=dict)  # other data (e.g. dev) -> its metrics
+
+    def to_dict(self) -> dict:
+        data = {
+            "length_config": self.length_config.to_dict(),
+            "f1": round(self.f1, 4),
+            "em": round(self.em, 4),
+            "macs": round(self.macs),
+            "macs_ratio": round(self.macs_ratio, 6),
+            "keep_ratios": [round(r, 4) for r in self.keep_ratios],
+            "data": self.data,
+        }
+        if self.latency_ms is not None:
+            data["latency_ms"] = round(self.latency_ms, 4)
+            data["latency_batch_size"] = self.latency_batch_size
+        if self.evaluations:
+            data["evaluations"] = self.evaluations
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Point:
+        return cls(
+            length_config=LengthConfig.from_dict(data["length_config"]),
+            f1=float(data["f1"]),
+            em=float(data["em"]),
+            macs=float(data["macs"]),
+            macs_ratio=float(data["macs_ratio"]),
+            keep_ratios=tuple(float(r) for r in data["keep_ratios"]),
+            data=str(data["data"]),
+            latency_ms=None if data.get("latency_ms") is None else float(data["latency_ms"]),
+            latency_batch_size=data.get("latency_batch_size"),
+            evaluations=dict(data.get("evaluations", {})),
+        )
+
+    def with_latency(self, ms: float, batch_size: int) -> Point:
+        return replace(self, latency_ms=ms, latency_batch_size=batch_size)
+
+
+def pareto_front(points: Iterable[Point], cost: Callable[[Point], float] = lambda p: p.macs_ratio) -> list[Point]:
+    """The points no other point beats on both F1 (higher) and cost (lower), cheapest first.
+
+    Along the result cost and F1 both strictly increase; of equal points the first given is kept.
+    """
+    front: list[Point] = []
+    for point in sorted(points, key=lambda p: (cost(p), -p.f1)):
+        if not front or point.f1 > front[-1].f1:
+            front.append(point)
+    return front
+
+
+@dataclass
+class Frontier:
+    """What `pareto.json` holds: the frontier, the full model and the constant keep-ratio baseline."""
+
+    points: list[Point]  # cheapest first, F1 increasing
+    full: Point  # the full-length model on the same data
+    baseline: list[Point] = field(default_factory=list)  # constant keep ratio per layer, for comparison
+    search: dict = field(default_factory=dict)  # how it was found: method, seed, cost, evaluations, time
+
+    def choose(self, budget: float | None = None, latency_ms: float | None = None) -> Point:
+        """The most accurate point within `budget` (fraction of full MACs) or `latency_ms` (per question)."""
+        if (budget is None) == (latency_ms is None):
+            raise BudgetError("give exactly one of budget (a fraction of the full model's MACs) or latency_ms")
+        if budget is not None:
+            if not _is_number(budget) or not 0 < budget <= 1:
+                raise BudgetError(f"budget must be a fraction of the full model's MACs in (0, 1], got {budget!r}")
+            fits = [p for p in self.points if p.macs_ratio <= budget + 1e-9]
+            if not fits:
+                cheapest = min(p.macs_ratio for p in self.points)
+                raise BudgetError(
+                    f"budget {budget} is below the cheapest point of the frontier ({cheapest:.3f} of the full MACs)"
+                )
+        else:
+            if not _is_number(latency_ms) or latency_ms <= 0:
+                raise BudgetError(f"latency_ms must be a positive number of milliseconds, got {latency_ms!r}")
+            timed = [p for p in self.points if p.latency_ms is not None]
+            if not timed:
+                raise BudgetError(
+                    "the frontier has no measured latencies; run `dtb search --cost latency` on this machine"
+                )
+            fits = [p for p in timed if p.latency_ms <= latency_ms]
+            if not fits:
+                fastest = min(p.latency_ms for p in timed)
+                raise BudgetError(
+                    f"latency_ms {latency_ms} is below the fastest frontier point ({fastest:.2f} ms per question)"
+                )
+        return max(fits, key=lambda p: p.f1)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "search": self.search,
+            "full": self.full.to_dict(),
+            "frontier": [p.to_dict() for p in self.points],
+            "baseline": [p.to_dict() for p in self.baseline],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Frontier:
+        return cls(
+            points=[Point.from_dict(p) for p in data["frontier"]],
+            full=Point.from_dict(data["full"]),
+            baseline=[Point.from_dict(p) for p in data.get("baseline", [])],
+            search=dict(data.get("search", {})),
+        )
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / FILENAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+
+def load_frontier(directory: str | os.PathLike) -> Frontier | None:
+    """The frontier saved in a checkpoint directory, or None if it has none."""
+    path = Path(directory) / FILENAME
+    if not path.is_file():
+        return None
+    try:
+        frontier = Frontier.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise BudgetError(f"{path}: not a valid frontier file ({type(e).__name__}: {e})") from None
+    if not frontier.points:
+        raise BudgetError(f"{path}: the frontier has no points")
+    return frontier
+
+
+def require_frontier(directory: str | os.PathLike) -> Frontier:
+    frontier = load_frontier(directory)
+    if frontier is None:
+        raise BudgetError(
+            f"{directory}: the model has no accuracy/cost frontier ({FILENAME}); run `dtb search` to find one"
+        )
+    return frontier
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,173 @@
+"""One search from start to `pareto.json`: the full model and the constant keep-ratio baseline first,
+then the chosen method, then latencies of the frontier and its scores on separate evaluation data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..evaluate import Evaluator
+from ..frontier import Frontier, Point
+from ..length_config import LengthConfig
+from ..pipeline import QuestionAnswerer
+from ..squad import SquadDataset
+from .candidates import Candidates
+from .evolution import EvolutionSettings, evolution_search
+from .optuna_search import optuna_search
+from .space import SearchSpace
+
+METHODS = ("evolution", "optuna")
+LOG_FILE = "search-log.jsonl"
+OPTUNA_STORAGE = "search-optuna.db"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    method: str = "evolution"
+    cost: str = "macs"  # "macs": fraction of the full model's; "latency": ms per question measured here
+    seed: int = 0
+    time_limit: float | None = None  # seconds for the whole search, baseline included
+    min_ratio: float = 0.1
+    ratio_step: float = 0.05
+    protect_question: bool = False
+    evolution: EvolutionSettings = field(default_factory=EvolutionSettings)
+    trials: int = 150  # optuna
+    sampler: str = "nsga2"  # optuna
+    latency_batch_size: int = 1
+    latency_questions: int = 32
+    latency_repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+
+    def budget(self) -> int:
+        """The most configurations this search can measure, for a progress bar."""
+        space = SearchSpace(1, self.min_ratio, self.ratio_step)
+        searched = self.evolution.evaluations if self.method == "evolution" else self.trials
+        return len(space.grid) + searched
+
+
+def search(
+    qa: QuestionAnswerer,
+    dataset: SquadDataset,
+    data_name: str,
+    settings: SearchSettings,
+    output_dir: Path,
+    eval_sets: Mapping[str, SquadDataset] | None = None,
+    progress: Callable[[int], None] | None = None,
+    **options,
+) -> Frontier:
+    """Search length configurations of `qa`'s model on `dataset`; save and return the frontier.
+
+    Every measured configuration is appended to `search-log.jsonl` in `output_dir`, where `pareto.json`
+    (and for optuna its SQLite study) is written too. `eval_sets` (name -> data, e.g. the dev set) are
+    scored only for the frontier's points, after the search, so that they never steer it.
+    """
+    started = time.monotonic()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    space = SearchSpace(
+        qa.model.config.num_hidden_layers, settings.min_ratio, settings.ratio_step, settings.protect_question
+    )
+    candidates = Candidates(
+        Evaluator(qa, dataset, **options),
+        space,
+        data_name,
+        cost=settings.cost,
+        latency_batch_size=settings.latency_batch_size,
+        latency_questions=settings.latency_questions,
+        latency_repeats=settings.latency_repeats,
+        time_limit=settings.time_limit,
+        log_path=output_dir / LOG_FILE,
+        progress=progress,
+    )
+    # The full model and the constant keep-ratio curve come first: the plot and the budgets need them,
+    # and they give the search good parents.
+    seeds = [space.full()] + [space.constant(i) for i in range(space.top - 1, -1, -1)]
+    resumed = 0
+    if settings.method == "optuna":
+        resumed = optuna_search(
+            candidates,
+            settings.trials,
+            output_dir / OPTUNA_STORAGE,
+            seeds,
+            settings.sampler,
+            settings.seed,
+            settings.evolution.population,
+        )
+    else:
+        evolution_search(candidates, settings.evolution, settings.seed, seeds)
+    full_config = space.config(space.full())
+    if full_config not in candidates.points:
+        raise ValueError("the time limit ran out before the full model was measured; give the search more time")
+    frontier = candidates.frontier()
+    if settings.cost == "macs":  # so that a latency budget can choose among them too
+        for config in {p.length_config for p in frontier} | {full_config}:
+            candidates.add(candidates.with_latency(candidates.points[config]))
+        frontier = [candidates.points[p.length_config] for p in frontier]
+    full = candidates.points[full_config]
+    for name, data in (eval_sets or {}).items():
+        evaluator = Evaluator(qa, data, **options)
+        frontier = [with_evaluation(p, name, evaluator) for p in frontier]
+        full = with_evaluation(full, name, evaluator)
+    baseline = [space.config(genome) for genome in seeds]
+    result = Frontier(
+        points=frontier,
+        full=full,
+        baseline=[candidates.points[config] for config in baseline if config in candidates.points],
+        search={
+            "method": settings.method,
+            "sampler": settings.sampler if settings.method == "optuna" else None,
+            "cost": settings.cost,
+            "seed": settings.seed,
+            "data": data_name,
+            "space": {"min_ratio": space.min_ratio, "ratio_step": space.ratio_step},
+            "protect_question": space.protect_question,
+            "evaluations": len(candidates.points),
+            "evaluated_now": candidates.new_evaluations,
+            "resumed_trials": resumed,
+            "out_of_time": candidates.out_of_time,
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )
+    result.save(output_dir)
+    return result
+
+
+def with_evaluation(point: Point, name: str, evaluator: Evaluator) -> Point:
+    """The point with its metrics on other data (e.g. the dev set) added under `name`."""
+    evaluation = evaluator(point.length_config)
+    metrics = {
+        "f1": round(evaluation.f1, 4),
+        "em": round(evaluation.exact_match, 4),
+        "macs": round(evaluation.mean_macs),
+        "macs_ratio": round(evaluation.macs_ratio, 6),
+        "questions": evaluation.questions,
+        "questions_per_second": round(evaluation.questions_per_second, 2),
+    }
+    return replace(point, evaluations={**point.evaluations, name: metrics})
+
+
+def sweep(
+    qa: QuestionAnswerer,
+    dataset: SquadDataset,
+    data_name: str,
+    ratios: list[float],
+    latency_batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    **options,
+) -> list[Point]:
+    """The constant keep-ratio curve: every layer keeps the same fraction of each input's real tokens."""
+    num_layers = qa.model.config.num_hidden_layers
+    candidates = Candidates(
+        Evaluator(qa, dataset, **options),
+        SearchSpace(num_layers),
+        data_name,
+        latency_batch_size=latency_batch_size or 1,
+        progress=progress,
+    )
+    points = [candidates.evaluate(LengthConfig.constant_ratio(r, num_layers), "sweep") for r in ratios]
+    return [candidates.with_latency(p) for p in points] if latency_batch_size else points

@@ -1,0 +1,388 @@
+"""Searching the accuracy/cost frontier: the space's operators, both methods on a model trained with
+LengthDrop, resuming an interrupted Optuna study, time limits, logs, plots, the sweep and `dtb search`.
+
+The model is a tiny 3-layer BERT trained here on the synthetic who-lives-where task, then with LengthDrop
+(about 45 s on 2 CPU cores), so that dropping tokens really costs F1 and a search has something to find.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from synthetic import synthetic_dataset, write_squad_file
+
+from dynamic_tinybert import LengthConfig, QuestionAnswerer
+from dynamic_tinybert.checkpoint import save_checkpoint
+from dynamic_tinybert.cli import main
+from dynamic_tinybert.evaluate import evaluate
+from dynamic_tinybert.frontier import Frontier, Point, load_frontier
+from dynamic_tinybert.search import EvolutionSettings, SearchSettings, SearchSpace, plot_frontier, search, sweep
+from dynamic_tinybert.search.runner import LOG_FILE
+from dynamic_tinybert.training import LengthDrop, SpanLoss, TrainSettings, WindowSettings, label_windows, train
+
+from conftest import make_tiny_tokenizer, tiny_model
+
+pytestmark = pytest.mark.slow
+
+SEARCH_DATA = synthetic_dataset(200, seed=3, facts=2)
+DEV = synthetic_dataset(150, seed=2, facts=2, prefix="dev")
+OPTIONS = dict(max_answer_len=30, batch_size=64)
+EVOLUTION = SearchSettings(
+    method="evolution",
+    evolution=EvolutionSettings(population=8, iterations=4, mutations=10, crossovers=10),
+    latency_questions=8,
+)
+OPTUNA = SearchSettings(method="optuna", trials=60, evolution=EvolutionSettings(population=10), latency_questions=8)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A 3-layer BERT trained on 6,000 synthetic questions (10 epochs), then 2 epochs of LengthDrop."""
+    torch.manual_seed(0)
+    tokenizer = make_tiny_tokenizer()
+    model = tiny_model(
+        seed=0,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.1,
+    )
+    features = label_windows(tokenizer, synthetic_dataset(6000, seed=1, facts=2).questions, WindowSettings(64, 16))
+    runs = tmp_path_factory.mktemp("runs")
+    for name, objective, epochs, lr in [
+        ("span", SpanLoss(), 10, 1e-3),
+        ("length-drop", LengthDrop(SpanLoss(), ratio_bound=0.3), 2, 5e-4),
+    ]:
+        settings = TrainSettings(runs / name, epochs=epochs, batch_size=32, learning_rate=lr, save_every=10**6)
+        train(model, tokenizer, objective, features, settings)
+    return save_checkpoint(model.eval(), tokenizer, tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def qa(model_dir) -> QuestionAnswerer:
+    return QuestionAnswerer.from_pretrained(model_dir)
+
+
+def run_search(qa, settings: SearchSettings, output: Path, **kwargs) -> Frontier:
+    return search(qa, SEARCH_DATA, "synthetic seed 3", settings, output, **OPTIONS, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def evolution(qa, tmp_path_factory) -> Frontier:
+    return run_search(qa, EVOLUTION, tmp_path_factory.mktemp("evolution"), eval_sets={"dev": DEV})
+
+
+@pytest.fixture(scope="module")
+def optuna_frontier(qa, tmp_path_factory) -> Frontier:
+    return run_search(qa, OPTUNA, tmp_path_factory.mktemp("optuna"))
+
+
+def is_constant(point: Point) -> bool:
+    return len(set(point.length_config.values)) == 1
+
+
+def beats_the_constant_curve(frontier: Frontier) -> list[Point]:
+    """Searched points that reach their F1 with fewer MACs than any constant keep ratio reaching it."""
+    winners = []
+    for point in frontier.points:
+        as_good = [b.macs_ratio for b in frontier.baseline if b.f1 >= point.f1]
+        if not is_constant(point) and as_good and point.macs_ratio < min(as_good) - 1e-9:
+            winners.append(point)
+    return winners
+
+
+def signature(frontier: Frontier) -> list[tuple]:
+    return [(str(p.length_config), round(p.f1, 4), round(p.macs_ratio, 6)) for p in frontier.points]
+
+
+# --------------------------------------------------------------------------------------------------
+# The search space
+
+
+def test_the_grid_runs_from_the_smallest_ratio_to_one():
+    assert SearchSpace(6).grid == tuple(round(0.1 + 0.05 * i, 6) for i in range(19))
+    assert SearchSpace(6, min_ratio=0.1, ratio_step=0.3).grid == (0.1, 0.4, 0.7, 1.0)
+
+
+def test_random_mutated_and_crossed_genomes_are_valid_non_increasing_configs():
+    space, rng = SearchSpace(6), random.Random(0)
+    for _ in range(300):
+        a, b = space.random(rng), space.random(rng)
+        children = [space.mutate(a, 0.5, rng), space.crossover(a, b)]
+        for genome in [a, b, *children]:
+            assert all(0 <= g <= space.top for g in genome)
+            assert list(genome) == sorted(genome, reverse=True)
+            space.config(genome)  # a LengthConfig validates monotonicity itself
+        assert all(min(x, y) <= c <= max(x, y) for x, y, c in zip(a, b, children[1]))
+
+
+def test_mutation_changes_layers_only_with_its_probability():
+    space, rng = SearchSpace(6), random.Random(1)
+    genome = space.random(rng)
+    assert space.mutate(genome, 1e-12, rng) == genome
+    assert any(space.mutate(genome, 1.0, rng) != genome for _ in range(20))
+
+
+def test_a_genome_round_trips_through_its_length_config_and_off_grid_configs_are_refused():
+    space = SearchSpace(3)
+    genome = (18, 10, 2)
+    assert space.genome(space.config(genome)) == genome
+    with pytest.raises(ValueError, match="not on the search grid"):
+        space.genome(LengthConfig.ratios([1.0, 0.33, 0.1]))
+
+
+def test_bad_search_space_settings_are_refused():
+    with pytest.raises(ValueError, match="min_ratio"):
+        SearchSpace(6, min_ratio=0.0)
+    with pytest.raises(ValueError, match="ratio_step"):
+        SearchSpace(6, ratio_step=1.5)
+    with pytest.raises(ValueError, match="method"):
+        SearchSettings(method="grid")
+    with pytest.raises(ValueError, match="mutation_probability"):
+        EvolutionSettings(mutation_probability=0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Both methods on a model trained with LengthDrop
+
+
+@pytest.mark.parametrize("method", ["evolution", "optuna_frontier"])
+def test_the_frontier_is_monotone_in_cost_and_f1(method, request):
+    frontier = request.getfixturevalue(method)
+    points = frontier.points
+    assert len(points) >= 5
+    assert all(a.macs_ratio < b.macs_ratio and a.f1 < b.f1 for a, b in zip(points, points[1:]))
+    assert max(p.f1 for p in points) >= frontier.full.f1  # the frontier reaches the full model's F1
+
+
+@pytest.mark.parametrize("method", ["evolution", "optuna_frontier"])
+def test_the_frontier_has_configs_cheaper_than_the_constant_ratio_curve_at_equal_f1(method, request):
+    frontier = request.getfixturevalue(method)
+    assert len(frontier.baseline) == len(SearchSpace(3).grid)
+    assert len(beats_the_constant_curve(frontier)) >= 2
+
+
+@pytest.mark.parametrize("method", ["evolution", "optuna_frontier"])
+def test_dropping_tokens_costs_f1_on_this_model(method, request):
+    frontier = request.getfixturevalue(method)
+    cheapest = min(frontier.baseline, key=lambda p: p.macs_ratio)
+    assert cheapest.f1 < frontier.full.f1 - 20  # so the search has a real trade-off to find
+
+
+def test_evolution_is_reproducible_with_a_fixed_seed(qa, evolution, tmp_path):
+    again = run_search(qa, EVOLUTION, tmp_path)
+    assert signature(again) == signature(evolution)
+
+
+def test_optuna_is_reproducible_with_a_fixed_seed(qa, optuna_frontier, tmp_path):
+    again = run_search(qa, OPTUNA, tmp_path)
+    assert signature(again) == signature(optuna_frontier)
+
+
+def test_the_frontier_and_its_points_are_measured_on_the_search_data(evolution):
+    for point in [*evolution.points, evolution.full]:
+        assert point.data == "synthetic seed 3"
+        assert len(point.keep_ratios) == 3
+        assert all(a >= b for a, b in zip(point.keep_ratios, point.keep_ratios[1:]))
+    assert evolution.full.macs_ratio == 1.0
+    assert evolution.search["method"] == "evolution" and evolution.search["seed"] == 0
+
+
+def test_the_evaluation_data_is_scored_only_for_the_frontier_after_the_search(evolution, qa):
+    for point in [*evolution.points, evolution.full]:
+        dev = point.evaluations["dev"]
+        assert dev["questions"] == len(DEV.questions)
+        assert dev["f1"] == pytest.approx(evaluate(qa, DEV, point.length_config, **OPTIONS).f1, abs=1e-3)
+    assert all("dev" not in p.evaluations for p in evolution.baseline)
+
+
+def test_a_macs_search_measures_latency_of_the_frontier_points_for_latency_budgets(evolution):
+    assert all(p.latency_ms > 0 and p.latency_batch_size == 1 for p in evolution.points)
+    assert evolution.full.latency_ms > 0
+
+
+def test_pareto_json_is_written_beside_the_results_and_loads_back(evolution, tmp_path, qa):
+    frontier = run_search(qa, replace(EVOLUTION, evolution=EvolutionSettings(2, 1, 2, 2)), tmp_path)
+    loaded = load_frontier(tmp_path)
+    assert signature(loaded) == signature(frontier)
+    assert loaded.full.f1 == pytest.approx(frontier.full.f1, abs=1e-4)
+
+
+def test_every_evaluated_configuration_is_logged_once(qa, tmp_path):
+    frontier = run_search(qa, replace(EVOLUTION, evolution=EvolutionSettings(4, 2, 5, 5)), tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert len(lines) == frontier.search["evaluated_now"] == frontier.search["evaluations"]
+    configs = [json.dumps(line["length_config"], sort_keys=True) for line in lines]
+    assert len(set(configs)) == len(configs)
+    assert {"f1", "em", "macs", "macs_ratio", "keep_ratios", "source", "time"} <= lines[0].keys()
+    assert lines[0]["source"] == "initial" and lines[0]["length_config"]["ratios"] == [1.0, 1.0, 1.0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Interrupted searches, time limits, latency as the cost
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_optuna_search_resumes_without_repeating_finished_trials(qa, tmp_path):
+    settings = replace(OPTUNA, trials=30)
+    measured = []
+
+    def crash_after_24(n: int) -> None:
+        measured.append(n)
+        if len(measured) == 24:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_search(qa, settings, tmp_path, progress=crash_after_24)
+    first_run = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert len(first_run) == 24
+
+    frontier = run_search(qa, settings, tmp_path)
+    second_run = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()][24:]
+    finished_first = {json.dumps(line["length_config"]) for line in first_run[:23]}  # the 24th crashed mid-trial
+    assert frontier.search["resumed_trials"] == 23
+    assert not finished_first & {json.dumps(line["length_config"]) for line in second_run}
+    assert len(second_run) == frontier.search["evaluated_now"] <= 30 - 23 + 1
+
+    import optuna
+
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'search-optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 30
+
+
+def test_a_time_limit_stops_the_search_early_but_still_writes_the_frontier(qa, tmp_path):
+    calls = []
+    frontier = run_search(qa, replace(EVOLUTION, time_limit=1.0), tmp_path, progress=calls.append)
+    assert frontier.search["out_of_time"]
+    assert len(calls) < EVOLUTION.budget()
+    assert (tmp_path / "pareto.json").is_file() and frontier.full.macs_ratio == 1.0
+
+
+def test_a_time_limit_too_short_for_the_full_model_is_a_clear_error(qa, tmp_path):
+    with pytest.raises(ValueError, match="time limit ran out before the full model"):
+        run_search(qa, replace(EVOLUTION, time_limit=1e-9), tmp_path)
+
+
+def test_a_latency_search_trades_f1_for_measured_milliseconds(qa, tmp_path):
+    settings = SearchSettings(
+        method="evolution",
+        cost="latency",
+        ratio_step=0.3,
+        evolution=EvolutionSettings(population=3, iterations=1, mutations=2, crossovers=2),
+        latency_questions=4,
+        latency_repeats=1,
+    )
+    frontier = run_search(qa, settings, tmp_path)
+    assert frontier.search["cost"] == "latency"
+    points = frontier.points
+    assert all(p.latency_ms > 0 for p in [*points, *frontier.baseline])
+    assert all(a.latency_ms < b.latency_ms and a.f1 < b.f1 for a, b in zip(points, points[1:]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The plot, the sweep and the command line
+
+
+def test_the_plot_is_an_image_file(evolution, tmp_path):
+    plot_frontier(evolution, tmp_path / "pareto.png")
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot_frontier(evolution, tmp_path / "pareto.svg", cost="latency")
+    assert b"<svg" in (tmp_path / "pareto.svg").read_bytes()[:500]
+
+
+def test_the_sweep_measures_the_constant_keep_ratio_curve(qa):
+    points = sweep(qa, SEARCH_DATA, "synthetic seed 3", [1.0, 0.5, 0.2], **OPTIONS)
+    assert [p.length_config.values for p in points] == [(1.0,) * 3, (0.5,) * 3, (0.2,) * 3]
+    assert points[0].f1 == pytest.approx(evaluate(qa, SEARCH_DATA, **OPTIONS).f1)
+    assert points[0].macs_ratio == 1.0 > points[1].macs_ratio > points[2].macs_ratio
+    assert all(p.latency_ms is None for p in points)
+
+
+def two_article_file(path: Path) -> Path:
+    """A training file of two articles: 50 questions, then 60 in the last (the held-out one)."""
+    first = {**synthetic_dataset(50, seed=4, facts=2, prefix="a").articles[0], "title": "first"}
+    last = {**synthetic_dataset(60, seed=5, facts=2, prefix="b").articles[0], "title": "last"}
+    path.write_text(json.dumps({"version": "1.1", "data": [first, last]}))
+    return path
+
+
+def test_dtb_search_writes_pareto_json_beside_the_model_and_a_plot(model_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    for file in model_dir.iterdir():
+        (model / file.name).write_bytes(file.read_bytes())
+    dev = write_squad_file(DEV, tmp_path / "dev.json")
+    code = main(
+        ["search", "--model", str(model), "--data", str(two_article_file(tmp_path / "train.json"))]
+        + ["--holdout-articles", "1", "--method", "evolution", "--population", "4", "--iterations", "2"]
+        + ["--mutations", "4", "--crossovers", "4", "--max-answer-len", "30", "--latency-questions", "4"]
+        + ["--eval-data", str(dev), "--plot", str(tmp_path / "pareto.png")]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    frontier = load_frontier(model)
+    assert frontier.full.data == "train.json: last 1 articles (60 questions)"
+    assert all("dev.json" in p.evaluations for p in frontier.points)
+    assert (tmp_path / "pareto.png").is_file()
+    assert "f1 dev.json" in out and "1.0,1.0,1.0 full" in out
+
+    assert main(["info", "--model", str(model)]) == 0
+    assert "accuracy/cost frontier: evolution search on train.json" in capsys.readouterr().out
+
+
+def test_dtb_search_with_optuna_resumes_from_the_study_beside_the_model(model_dir, tmp_path, capsys):
+    args = [
+        "search",
+        "--model",
+        str(model_dir),
+        "--search-data",
+        str(write_squad_file(SEARCH_DATA, tmp_path / "s.json")),
+    ]
+    args += ["--method", "optuna", "--trials", "25", "--output", str(tmp_path / "out"), "--latency-questions", "2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["search"]["resumed_trials"] == 25 and printed["search"]["evaluated_now"] == 0
+    assert printed == load_frontier(tmp_path / "out").to_dict()
+
+
+def test_dtb_sweep_writes_the_baseline_points(model_dir, tmp_path, capsys):
+    data = write_squad_file(SEARCH_DATA, tmp_path / "s.json")
+    target = tmp_path / "sweep.json"
+    args = ["sweep", "--model", str(model_dir), "--search-data", str(data), "--ratios", "1.0,0.6,0.3"]
+    assert main([*args, "--output", str(target)]) == 0
+    result = json.loads(target.read_text())
+    assert [p["length_config"]["ratios"] for p in result["points"]] == [[1.0] * 3, [0.6] * 3, [0.3] * 3]
+    assert "0.6,0.6,0.6" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--holdout-articles", "0"], "--holdout-articles must be >= 1"),
+        (["--time-limit", "soon"], "not a duration"),
+        (["--method", "grid"], "invalid choice"),
+        (["--ratios", "1.5"], None),
+    ],
+)
+def test_dtb_search_rejects_bad_arguments_in_one_line(model_dir, tmp_path, capsys, extra, message):
+    data = str(two_article_file(tmp_path / "train.json"))
+    command = "sweep" if message is None else "search"
+    code = main([command, "--model", str(model_dir), "--data", data, "--output", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert message is None or message in err
