@@ -334,6 +334,25 @@ def test_span_loss_falls_on_the_synthetic_task(tmp_path):
     assert np.mean(logged[-3:]) < 0.5 * logged[0], logged
 
 
+def test_bf16_autocast_on_cpu_learns_and_keeps_fp32_weights(tmp_path):
+    data = features(64, facts=2)
+    model = small_model()
+    run = settings(tmp_path, epochs=50, batch_size=16, learning_rate=3e-3, log_every=10, precision="bf16")
+    assert run.autocast(torch.device("cpu")).fast_dtype == torch.bfloat16
+    train(model, TOKENIZER, SpanLoss(), data, run)
+    logged = losses(tmp_path)
+    assert np.mean(logged[-3:]) < 0.5 * logged[0], logged
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_precision_auto_is_fp32_on_cpu_and_unknown_precisions_are_refused(tmp_path):
+    assert not settings(tmp_path).uses_bf16("cpu") and settings(tmp_path).uses_bf16("cuda")
+    assert not isinstance(settings(tmp_path).autocast(torch.device("cpu")), torch.autocast)
+    assert not settings(tmp_path, precision="fp32").uses_bf16("cuda")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        settings(tmp_path, precision="fp8")
+
+
 def test_grad_accum_takes_as_many_optimiser_steps_as_a_doubled_batch(tmp_path):
     data = features(42)  # 11 micro-batches of 4 per epoch (the last one short), or 6 batches of 8
     accumulated, doubled = [], []

@@ -201,6 +201,12 @@ def add_train_parsers(commands: argparse._SubParsersAction) -> None:
         )
         parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
         parser.add_argument("--threads", type=int, help="CPU threads for torch")
+        parser.add_argument(
+            "--precision",
+            choices=["auto", "bf16", "fp32"],
+            default="auto",
+            help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on a CPU with native bf16 is 2x+ faster",
+        )
         parser.add_argument("--revision", help="hub revision of the checkpoints")
         parser.add_argument("--length-drop", action="store_true", help="LengthDrop: train every length at once")
         parser.add_argument("--length-drop-ratio-bound", type=float, default=0.2)
@@ -244,6 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         save_every=args.save_every,
         log_every=args.log_every,
+        precision=args.precision,
     )
     if args.train_command == "finetune":
         objective = training.SpanLoss()

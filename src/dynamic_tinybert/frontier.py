@@ -146,8 +146,14 @@ class Frontier:
         )
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write `pareto.json` atomically, one point per line so that it reads and diffs well."""
+        data = self.to_dict()
+        lines = [f' "{key}": {json.dumps(data[key])},' for key in ("format", "search", "full")]
+        for key in ("frontier", "baseline"):
+            points = ",\n".join(f"  {json.dumps(point)}" for point in data[key])
+            lines.append(f' "{key}": [\n{points}\n ],')
         path = Path(directory) / FILENAME
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        atomic_write_text(path, "{\n" + "\n".join(lines).removesuffix(",") + "\n}\n")
         return path
 
 

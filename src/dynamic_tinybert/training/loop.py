@@ -1,6 +1,6 @@
 """The one training loop: fine-tuning, distillation and LengthDrop differ only in the objective plugged in.
 
-AdamW with a linear schedule and warmup, gradient clipping and accumulation, bf16 autocast on CUDA,
+AdamW with a linear schedule and warmup, gradient clipping and accumulation, bf16 autocast (CUDA, or CPUs with bf16),
 length-bucketed batches, DistributedDataParallel under torchrun (NCCL on GPUs, gloo on CPUs). Nothing is
 lost: every `save_every` steps and at each epoch's end a checkpoint (weights, optimiser, schedule, RNG,
 position in the data) is written atomically, and `resume=True` continues from the latest one exactly.
@@ -33,6 +33,8 @@ from ..squad import SquadDataset
 from .data import Features, epoch_batches, iterate
 from .objectives import Objective
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
 
 @dataclass
 class TrainSettings:
@@ -49,6 +51,8 @@ class TrainSettings:
     log_every: int = 20
     eval_batch_size: int = 64
     max_answer_len: int = 30  # for the held-out evaluation
+    # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16" also on CPUs with native bf16 (2x+ faster there)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -59,6 +63,15 @@ class TrainSettings:
             raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def uses_bf16(self, device_type: str) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+    def autocast(self, device: torch.device):
+        """Mixed precision for the forward passes: master weights, optimiser and losses stay fp32."""
+        return torch.autocast(device.type, dtype=torch.bfloat16) if self.uses_bf16(device.type) else nullcontext()
 
 
 @dataclass
@@ -116,7 +129,7 @@ def train(
     if resume:
         position = load_latest(out / "checkpoints", model, objective, optimizer, schedule, device)
     wrapped = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world_size > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = settings.autocast(device)
     pad_id = tokenizer.token_to_id("[PAD]") or 0
     log = MetricsLog(out / "metrics.jsonl", enabled=rank == 0)
     bar = tqdm(total=total_steps, initial=position.step, desc="train", unit="step", disable=None if rank == 0 else True)
