@@ -329,15 +329,15 @@ def test_dtb_search_writes_pareto_json_beside_the_model_and_a_plot(model_dir, tm
         ["search", "--model", str(model), "--data", str(two_article_file(tmp_path / "train.json"))]
         + ["--holdout-articles", "1", "--method", "evolution", "--population", "4", "--iterations", "2"]
         + ["--mutations", "4", "--crossovers", "4", "--max-answer-len", "30", "--latency-questions", "4"]
-        + ["--eval-data", str(dev), "--plot", str(tmp_path / "pareto.png")]
+        + ["--eval-data", str(dev), "--eval-limit", "40", "--plot", str(tmp_path / "pareto.png")]
     )
     out = capsys.readouterr().out
     assert code == 0
     frontier = load_frontier(model)
     assert frontier.full.data == "train.json: last 1 articles (60 questions)"
-    assert all("dev.json" in p.evaluations for p in frontier.points)
+    assert all(p.evaluations["dev.json (first 40)"]["questions"] == 40 for p in frontier.points)
     assert (tmp_path / "pareto.png").is_file()
-    assert "f1 dev.json" in out and "1.0,1.0,1.0 full" in out
+    assert "f1 dev.json (first 40)" in out and "1.0,1.0,1.0 full" in out
 
     assert main(["info", "--model", str(model)]) == 0
     assert "accuracy/cost frontier: evolution search on train.json" in capsys.readouterr().out

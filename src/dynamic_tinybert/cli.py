@@ -294,6 +294,7 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--answerable-only", action="store_true", help="drop unanswerable (SQuAD 2.0) questions")
         parser.add_argument("--limit", type=int, help="only the first N search questions")
         parser.add_argument("--eval-data", type=Path, help="also score the result on this file (e.g. dev-v1.1)")
+        parser.add_argument("--eval-limit", type=int, help="only the first N questions of --eval-data")
         parser.add_argument("--batch-size", type=int, default=32)
         parser.add_argument("--max-seq-len", type=int, help="tokens per window (default: min(model positions, 384))")
         parser.add_argument("--doc-stride", type=int, help="window overlap (default: min(max_seq_len//2, 128))")
@@ -531,6 +532,13 @@ def search_set(args: argparse.Namespace):
     )
 
 
+def eval_set(args: argparse.Namespace):
+    """(name, data) of --eval-data: the name says which questions, for pareto.json and the table."""
+    data = load_squad(args.eval_data, limit=args.eval_limit)
+    limited = f" (first {len(data.questions)})" if args.eval_limit is not None else ""
+    return f"{args.eval_data.name}{limited}", data
+
+
 def output_folder(args: argparse.Namespace, directory: Path) -> Path:
     """Where a search writes: --output, else the model's folder when it is a local one."""
     if args.output is not None:
@@ -573,7 +581,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     output = output_folder(args, directory)
     qa = QuestionAnswerer.from_pretrained(directory)
     dataset, name = search_set(args)
-    eval_sets = {args.eval_data.name: load_squad(args.eval_data)} if args.eval_data else None
+    eval_sets = dict([eval_set(args)]) if args.eval_data else None
     with tqdm(total=settings.budget(), unit="config", desc="search", file=sys.stderr, disable=None) as bar:
         frontier = search(qa, dataset, name, settings, output, eval_sets, bar.update, **search_options(args))
     if args.plot is not None:
@@ -604,8 +612,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from .evaluate import Evaluator
         from .search.runner import with_evaluation
 
-        evaluator = Evaluator(qa, load_squad(args.eval_data), **search_options(args))
-        points = [with_evaluation(p, args.eval_data.name, evaluator) for p in points]
+        name, data = eval_set(args)
+        evaluator = Evaluator(qa, data, **search_options(args))
+        points = [with_evaluation(p, name, evaluator) for p in points]
     result = {"format": 1, "data": name, "points": [p.to_dict() for p in points]}
     atomic_write_text(target, json.dumps(result, indent=1) + "\n")
     if args.json:
