@@ -258,7 +258,15 @@ def finished_run(tmp_path_factory):
 def test_checkpoints_are_written_under_checkpoints_step_n(finished_run):
     out, _, _ = finished_run
     for folder in (out / "checkpoints").glob("step-*"):
-        assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "trainer.pt"]
+        model_files = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*model_files, "trainer.pt"])
+
+
+def test_a_checkpoint_folder_is_a_model_that_answers_while_the_run_trains(finished_run):
+    out, model, _ = finished_run
+    qa = QuestionAnswerer.from_pretrained(out / "checkpoints" / "step-10")
+    assert max_difference(qa.model.state_dict(), model.state_dict()) == 0
+    assert qa(question="where does alice live ?", context="alice lives in paris .")["answer"]
 
 
 def test_checkpoints_keep_the_two_newest_and_latest_points_at_the_newest(finished_run):

@@ -179,7 +179,7 @@ def train(
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
                 window_loss, window_batches, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
             if position.step % settings.save_every == 0 and index + 1 < len(batches):  # epoch ends save below
-                save_state(out / "checkpoints", position, model, objective, optimizer, schedule, rank)
+                save_state(out / "checkpoints", position, model, tokenizer, objective, optimizer, schedule, rank)
             if on_step is not None:
                 on_step(position.step)
         position = Position(epoch + 1, 0, position.step)
@@ -187,7 +187,7 @@ def train(
             evaluation = evaluate_held_out(model, tokenizer, eval_set, settings)
             log.write({"step": position.step, "epoch": epoch + 1, "eval": evaluation})
             model.train()
-        save_state(out / "checkpoints", position, model, objective, optimizer, schedule, rank)
+        save_state(out / "checkpoints", position, model, tokenizer, objective, optimizer, schedule, rank)
     bar.close()
     if rank == 0:
         save_checkpoint(model, tokenizer, out / "model")
@@ -246,20 +246,25 @@ class MetricsLog:
 def save_state(
     directory: Path,
     position: Position,
-    model: nn.Module,
+    model: BertForQuestionAnswering,
+    tokenizer: Tokenizer,
     objective: Objective,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     rank: int,
 ) -> None:
-    """Write checkpoints/step-N atomically (a temporary folder renamed into place), then point `latest` at it."""
+    """Write checkpoints/step-N atomically (a temporary folder renamed into place), then point `latest` at it.
+
+    The folder is also a model checkpoint in the Hugging Face layout, so `dtb eval --model .../step-N`
+    measures a run while it trains.
+    """
     if rank == 0:
         directory.mkdir(parents=True, exist_ok=True)
         name = f"step-{position.step}"
         tmp = directory / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        save_checkpoint(model, tokenizer, tmp)
         if objective.trainable is not None:
             state = {k: v.detach().cpu().contiguous() for k, v in objective.trainable.state_dict().items()}
             save_file(state, tmp / "objective.safetensors")
