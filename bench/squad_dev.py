@@ -1,0 +1,122 @@
+"""SQuAD v1.1 dev results of a model and every point of its frontier, beside the published numbers.
+
+For the full model and each point of the model's `pareto.json`: EM and F1 on all dev questions, mean MACs
+per question, MACs as a fraction of the full model on the same inputs at their real length (the honest
+ratio), MACs as a fraction of the full model at 384 padded tokens per window (the ratio LAT and Intel
+report, which also credits dropping padding), and questions/s end to end on this machine (tokenisation
+once per run, model and decoding). Writes a markdown table and JSON.
+
+    python bench/squad_dev.py --model M --output bench/results/squad-dev
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from dynamic_tinybert import QuestionAnswerer
+from dynamic_tinybert.cost import macs
+from dynamic_tinybert.evaluate import Evaluator
+from dynamic_tinybert.fileio import atomic_write_text
+from dynamic_tinybert.frontier import require_frontier
+from dynamic_tinybert.squad import load_squad
+
+SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
+
+# REFERENCE.md section 5: published, not measured here.
+PUBLISHED = [
+    ("BERT-base", "88.5", "1x", "Dynamic-TinyBERT README"),
+    ("DistilBERT", "85.8", "-", "Dynamic-TinyBERT README"),
+    ("TinyBERT-6L", "87.5", "2x", "Dynamic-TinyBERT README"),
+    ("Dynamic-TinyBERT", "88.71 (max)", "3.3x within 1% of BERT", "paper, model card"),
+    ("LA-MiniLM 6L-384 (269,253,252,202,104,34)", "87.76", "4.94x", "Intel QuaLA-MiniLM, Xeon 8280, batch 32"),
+    ("QuaLA-MiniLM int8", "87.68", "8.82x", "Intel QuaLA-MiniLM"),
+    ("80% 1x4 block-sparse BERT-base (Prune OFA)", "EM 81.29 / F1 88.47", "-", "model card"),
+]
+
+
+def measure(model: Path, data: Path, limit: int | None, batch_size: int) -> dict:
+    qa = QuestionAnswerer.from_pretrained(model, max_answer_len=30, batch_size=batch_size)
+    frontier = require_frontier(model)
+    dataset = load_squad(data, limit=limit)
+    started = time.perf_counter()
+    evaluator = Evaluator(qa, dataset)
+    tokenise_seconds = time.perf_counter() - started
+    padded_full = len(evaluator.windows) * macs(qa.model.config, 384) / len(dataset.questions)
+    rows = []
+    points = [("full", frontier.full), *((f"frontier {i}", p) for i, p in enumerate(frontier.points))]
+    for name, point in points:
+        config = None if name == "full" else point.length_config
+        evaluation = evaluator(config)
+        seconds = evaluation.seconds + tokenise_seconds
+        rows.append(
+            {
+                "point": name,
+                "length_config": str(point.length_config),
+                "em": round(evaluation.exact_match, 2),
+                "f1": round(evaluation.f1, 2),
+                "search_f1": round(point.f1, 2),
+                "mean_macs": round(evaluation.mean_macs),
+                "macs_ratio": round(evaluation.macs_ratio, 4),
+                "macs_ratio_vs_padded_384": round(evaluation.mean_macs / padded_full, 4),
+                "questions_per_second": round(len(dataset.questions) / seconds, 2),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return {
+        "model": str(model),
+        "data": f"{data.name} ({len(dataset.questions)} questions, {len(evaluator.windows)} windows)",
+        "search": frontier.search,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, fp32, batch {batch_size}",
+        "rows": rows,
+    }
+
+
+def markdown(result: dict) -> str:
+    full = result["rows"][0]
+    lines = [
+        f"# SQuAD v1.1 dev: {result['model']}",
+        "",
+        f"Measured on {result['data']}; {result['machine']}. The frontier was searched on "
+        f"{result['search'].get('data', '?')} ({result['search'].get('method', '?')}), not on dev.",
+        "",
+        "| point | length config | EM | F1 | ΔF1 | GMACs/question | MACs ratio (real length) "
+        "| MACs ratio vs padded 384 (LAT/Intel count) | questions/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['point']} | {row['length_config']} | {row['em']:.2f} | {row['f1']:.2f} "
+            f"| {row['f1'] - full['f1']:+.2f} | {row['mean_macs'] / 1e9:.3f} | {row['macs_ratio']:.3f} "
+            f"| {row['macs_ratio_vs_padded_384']:.3f} | {row['questions_per_second']:.1f} |"
+        )
+    lines += ["", "Published (REFERENCE.md §5), **not measured here**:", ""]
+    lines += ["| model | SQuAD1.1 F1 | speedup | source |", "|---|---|---|---|"]
+    lines += [f"| {m} | {f1} | {speed} | {source} |" for m, f1, speed, source in PUBLISHED]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint directory with a pareto.json")
+    parser.add_argument("--data", type=Path, default=SQUAD_DEV)
+    parser.add_argument("--limit", type=int, help="only the first N questions")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
+    args = parser.parse_args()
+    result = measure(args.model, args.data, args.limit, args.batch_size)
+    table = markdown(result)
+    print(table)
+    if args.output is not None:
+        atomic_write_text(args.output.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+        atomic_write_text(args.output.with_suffix(".md"), table)
+
+
+if __name__ == "__main__":
+    main()
