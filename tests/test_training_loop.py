@@ -389,6 +389,37 @@ def test_learning_rate_warms_up_then_decays_linearly_to_zero(tmp_path):
     np.testing.assert_allclose(np.diff(lrs[peak:]), np.diff(lrs[peak:])[0], rtol=1e-6)
 
 
+def test_max_steps_stops_mid_epoch_with_the_schedule_ending_there(tmp_path):
+    steps = []
+    eval_set = synthetic_dataset(6, seed=99, facts=4)
+    data = features()  # 5 steps per epoch
+    run = settings(tmp_path, epochs=4, max_steps=7, save_every=3)
+    train(small_model(), TOKENIZER, SpanLoss(), data, run, eval_set=eval_set, on_step=steps.append)
+    assert steps == list(range(1, 8))
+    lrs = [e["lr"] for e in metrics(tmp_path) if "lr" in e]
+    assert len(lrs) == 7 and lrs[-1] == 0.0
+    evals = [e for e in metrics(tmp_path) if "eval" in e]
+    assert [e["epoch"] for e in evals] == [1, 1.4]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-7"
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_resuming_a_run_that_reached_max_steps_trains_no_further(tmp_path):
+    data, run = features(), settings(tmp_path, epochs=4, max_steps=7)
+    train(small_model(), TOKENIZER, SpanLoss(), data, run)
+    again = []
+    train(small_model(), TOKENIZER, SpanLoss(), data, run, resume=True, on_step=again.append)
+    assert again == []
+
+
+def test_resuming_a_max_steps_run_interrupted_before_the_end_ends_identical(tmp_path):
+    kw = dict(epochs=4, max_steps=8, save_every=3)  # 5 steps per epoch: checkpoints at 3, 5 and 6
+    resumed = run_resumed(tmp_path, small_model, SpanLoss, 7, **kw)
+    straight, _, all_steps = run_straight(tmp_path, small_model, SpanLoss, **kw)
+    assert resumed.latest == 6 and resumed.steps == [7, 8] and all_steps == list(range(1, 9))
+    assert max_difference(resumed.model.state_dict(), straight.state_dict()) <= 1e-6
+
+
 def test_training_on_no_windows_is_an_error(tmp_path):
     empty = Features(
         np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32)

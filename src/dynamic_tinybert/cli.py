@@ -185,6 +185,9 @@ def add_train_parsers(commands: argparse._SubParsersAction) -> None:
             "--holdout-articles", type=int, default=2, help="hold out the last N articles (default 2)"
         )
         parser.add_argument("--epochs", type=int, help="default: the stage's published recipe")
+        parser.add_argument(
+            "--max-steps", type=int, help="stop after this many optimiser steps (the schedule ends there)"
+        )
         parser.add_argument("--batch-size", type=int, help="windows per forward pass and process")
         parser.add_argument("--lr", type=float, help="peak learning rate (default: the stage's recipe)")
         parser.add_argument("--warmup-ratio", type=float, default=0.1)
@@ -241,6 +244,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = training.TrainSettings(
         output_dir=args.output,
         epochs=epochs if args.epochs is None else args.epochs,
+        max_steps=args.max_steps,
         batch_size=batch_size if args.batch_size is None else args.batch_size,
         learning_rate=lr if args.lr is None else args.lr,
         warmup_ratio=args.warmup_ratio,

@@ -40,6 +40,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class TrainSettings:
     output_dir: Path
     epochs: int = 2
+    max_steps: int | None = None  # stop (and end the learning-rate schedule) after this many optimiser steps
     batch_size: int = 32  # windows per forward pass and process; an optimiser step sees grad_accum of them
     learning_rate: float = 3e-5
     warmup_ratio: float = 0.1
@@ -59,6 +60,8 @@ class TrainSettings:
         for name in ("epochs", "batch_size", "grad_accum", "save_every", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.warmup_ratio < 1:
@@ -120,6 +123,8 @@ def train(
         raise ValueError(f"{len(features)} training windows make no batch of {settings.batch_size} per process")
     steps_per_epoch = -(-batches_per_epoch // settings.grad_accum)
     total_steps = steps_per_epoch * settings.epochs
+    if settings.max_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
     warmup = int(settings.warmup_ratio * total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -137,6 +142,8 @@ def train(
     window_loss, window_batches, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
 
     for epoch in range(position.epoch, settings.epochs):
+        if position.step >= total_steps:  # a finished run, resumed
+            break
         batches = epoch_batches(features.lengths, settings.batch_size, settings.seed, epoch, rank, world_size)
         first = position.batch if epoch == position.epoch else 0
         for index, batch in enumerate(iterate(features, batches, first, pad_id), start=first):
@@ -182,10 +189,15 @@ def train(
                 save_state(out / "checkpoints", position, model, tokenizer, objective, optimizer, schedule, rank)
             if on_step is not None:
                 on_step(position.step)
-        position = Position(epoch + 1, 0, position.step)
+            if position.step >= total_steps:  # max_steps reached within the epoch
+                break
+        epoch_done = position.batch == len(batches)
+        if epoch_done:
+            position = Position(epoch + 1, 0, position.step)
         if eval_set is not None and rank == 0:
             evaluation = evaluate_held_out(model, tokenizer, eval_set, settings)
-            log.write({"step": position.step, "epoch": epoch + 1, "eval": evaluation})
+            epochs_trained = epoch + 1 if epoch_done else epoch + position.batch / len(batches)
+            log.write({"step": position.step, "epoch": epochs_trained, "eval": evaluation})
             model.train()
         save_state(out / "checkpoints", position, model, tokenizer, objective, optimizer, schedule, rank)
     bar.close()
