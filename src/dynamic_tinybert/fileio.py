@@ -15,6 +15,7 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> N
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else _new_file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -25,3 +26,10 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> N
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     atomic_write(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _new_file_mode() -> int:
+    """The mode `open()` would give a new file (0o666 less the umask); mkstemp's own is 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
