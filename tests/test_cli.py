@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamic_tinybert import checkpoint, cli, cost
+from dynamic_tinybert import CheckpointError, QuestionAnswerer, checkpoint, cli, cost
 from dynamic_tinybert.squad import load_squad, score_predictions
 
 from conftest import SQUAD_DIR, make_tiny_tokenizer, tiny_model
@@ -350,8 +350,24 @@ def test_info_of_minilm_l6_h384_counts_4_758_552_960_macs_at_384_tokens(dtb, min
     [["ask", QUESTION, "--context", CONTEXT], ["eval", "--data", DEV_V11, "--limit", 1], ["info"]],
     ids=["ask", "eval", "info"],
 )
-def test_no_model_given_is_a_usage_error(dtb, args: list):
-    assert_usage_error(dtb(*args), "no model", "--model", "$DTB_MODEL")
+def test_no_model_given_and_none_installed_is_a_usage_error(dtb, args: list, monkeypatch, tmp_path: Path):
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", tmp_path / "not-installed")
+    assert_usage_error(dtb(*args), "no model", "--model", "$DTB_MODEL", "no default model")
+
+
+def test_ask_without_a_model_uses_the_installed_default(dtb, monkeypatch, tiny_checkpoint: Path):
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", tiny_checkpoint)
+    by_default = dtb("ask", QUESTION, "--context", CONTEXT, "--json")
+    named = dtb("ask", QUESTION, "--context", CONTEXT, "--json", "--model", tiny_checkpoint)
+    assert by_default.code == 0 and by_default.out == named.out
+
+
+def test_from_pretrained_without_a_model_loads_the_installed_default(monkeypatch, tiny_checkpoint: Path, tmp_path):
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", tiny_checkpoint)
+    assert QuestionAnswerer.from_pretrained().model.config == checkpoint.load_config(tiny_checkpoint)
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", tmp_path / "not-installed")
+    with pytest.raises(CheckpointError, match="default model is not installed"):
+        QuestionAnswerer.from_pretrained()
 
 
 def test_nonexistent_model_directory_is_named_in_the_error(dtb, tmp_path: Path):

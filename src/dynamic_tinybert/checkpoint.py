@@ -33,6 +33,9 @@ VOCAB = "vocab.txt"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 OPTIONAL_FILES = (TOKENIZER, VOCAB, TOKENIZER_CONFIG, "pareto.json")
 
+# The question-answering model this package ships: used when no model is named.
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "dynamic-minilm-l6-squad"
+
 # Weights a QA model does not use: the pretraining heads and the pooler.
 IGNORED_PREFIXES = ("bert.pooler.", "cls.", "bert.embeddings.position_ids")
 
@@ -41,11 +44,15 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be found, read or matched to the model; the message is one line."""
 
 
-def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local checkpoint directory for a directory path or a Hugging Face Hub id.
+def resolve(path_or_id: str | os.PathLike | None, revision: str | None = None) -> Path:
+    """A local checkpoint directory for a directory path or a Hugging Face Hub id (None: the shipped model).
 
     Hub files are fetched with huggingface_hub (cached; HF_HUB_OFFLINE=1 uses the cache only).
     """
+    if path_or_id is None:
+        if not (DEFAULT_MODEL / CONFIG).is_file():
+            raise CheckpointError(f"no model named, and the default model is not installed ({DEFAULT_MODEL})")
+        return DEFAULT_MODEL
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         if not (path / CONFIG).is_file():

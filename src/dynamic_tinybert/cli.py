@@ -353,9 +353,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def required_model(args: argparse.Namespace) -> str:
-    if not args.model:
-        raise UsageError(f"dtb {args.command}: no model: pass --model DIR_OR_HUB_ID or set ${MODEL_ENV}")
-    return args.model
+    """--model, else $DTB_MODEL, else the model this package ships."""
+    if args.model:
+        return args.model
+    if (checkpoint.DEFAULT_MODEL / checkpoint.CONFIG).is_file():
+        return str(checkpoint.DEFAULT_MODEL)
+    raise UsageError(
+        f"dtb {args.command}: no model: pass --model DIR_OR_HUB_ID or set ${MODEL_ENV} (no default model is installed)"
+    )
 
 
 def load_answerer(args: argparse.Namespace):

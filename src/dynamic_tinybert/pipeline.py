@@ -92,9 +92,9 @@ class QuestionAnswerer:
 
     @classmethod
     def from_pretrained(
-        cls, path_or_id: str | os.PathLike, revision: str | None = None, device: str = "cpu", **defaults
+        cls, path_or_id: str | os.PathLike | None = None, revision: str | None = None, device: str = "cpu", **defaults
     ) -> QuestionAnswerer:
-        """Load a checkpoint directory or Hugging Face Hub id (see `checkpoint.resolve`)."""
+        """Load a checkpoint directory or Hugging Face Hub id (see `checkpoint.resolve`); None: the shipped model."""
         directory = checkpoint.resolve(path_or_id, revision)
         model = checkpoint.load_model(directory).to(device)
         return cls(model, checkpoint.load_tokenizer(directory), load_frontier(directory), **defaults)
