@@ -54,6 +54,21 @@ def tiny_model(seed: int = 0, **overrides) -> BertForQuestionAnswering:
     return BertForQuestionAnswering(tiny_config(**overrides)).eval()
 
 
+def learner_model(seed: int, num_hidden_layers: int = 2) -> BertForQuestionAnswering:
+    """A tiny BERT that learns the synthetic task from scratch in seconds: no dropout, a wide initialisation."""
+    return tiny_model(
+        seed=seed,
+        hidden_size=64,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.1,
+    )
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """A random tiny BERT QA checkpoint in the Hugging Face layout."""

@@ -25,7 +25,7 @@ from dynamic_tinybert.search import EvolutionSettings, SearchSettings, SearchSpa
 from dynamic_tinybert.search.runner import LOG_FILE
 from dynamic_tinybert.training import LengthDrop, SpanLoss, TrainSettings, WindowSettings, label_windows, train
 
-from conftest import make_tiny_tokenizer, tiny_model
+from conftest import learner_model, make_tiny_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -45,17 +45,7 @@ def model_dir(tmp_path_factory) -> Path:
     """A 3-layer BERT trained on 6,000 synthetic questions (10 epochs), then 2 epochs of LengthDrop."""
     torch.manual_seed(0)
     tokenizer = make_tiny_tokenizer()
-    model = tiny_model(
-        seed=0,
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.1,
-    )
+    model = learner_model(seed=0, num_hidden_layers=3)
     features = label_windows(tokenizer, synthetic_dataset(6000, seed=1, facts=2).questions, WindowSettings(64, 16))
     runs = tmp_path_factory.mktemp("runs")
     for name, objective, epochs, lr in [

@@ -27,27 +27,13 @@ from dynamic_tinybert.training import (
     train,
 )
 
-from conftest import make_tiny_tokenizer, tiny_model
+from conftest import learner_model, make_tiny_tokenizer
 
 pytestmark = pytest.mark.slow
 
 WINDOWS = WindowSettings(max_seq_len=64, doc_stride=16)
 TRAIN = synthetic_dataset(8000, seed=1, facts=2)
 HELD_OUT = synthetic_dataset(300, seed=2, facts=2)
-
-
-def new_model(seed: int):
-    return tiny_model(
-        seed=seed,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.1,
-    )
 
 
 def held_out_f1(model, tokenizer, length_config: LengthConfig | None = None) -> float:
@@ -71,7 +57,7 @@ def tokenizer(tmp_path_factory):
 def teacher(tokenizer, tmp_path_factory):
     """A tiny BERT trained from random initialisation: 8,000 questions, 12 epochs (3,000 steps)."""
     torch.manual_seed(0)
-    model = new_model(seed=0)
+    model = learner_model(seed=0)
     fit(model, tokenizer, SpanLoss(), tmp_path_factory.mktemp("teacher"), epochs=12)
     return model.eval()
 
@@ -84,10 +70,10 @@ def test_a_distilled_student_beats_the_same_student_trained_without_a_teacher_at
     teacher, tokenizer, tmp_path
 ):
     questions = TRAIN.questions[:2000]
-    alone = new_model(seed=5)
+    alone = learner_model(seed=5)
     fit(alone, tokenizer, SpanLoss(), tmp_path / "alone", epochs=10, questions=questions)
 
-    distilled = new_model(seed=5)
+    distilled = learner_model(seed=5)
     id_metrics = fit(
         distilled,
         tokenizer,

@@ -371,9 +371,13 @@ def load_answerer(args: argparse.Namespace):
 
 def answer_options(args: argparse.Namespace) -> dict:
     return dict(
-        length_config=args.length_config,
-        budget=args.budget,
-        latency_ms=args.latency_ms,
+        length_config=args.length_config, budget=args.budget, latency_ms=args.latency_ms, **window_options(args)
+    )
+
+
+def window_options(args: argparse.Namespace) -> dict:
+    """The options every answering command shares: batching, windows, answer length."""
+    return dict(
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         doc_stride=args.doc_stride,
@@ -557,15 +561,6 @@ def output_folder(args: argparse.Namespace, directory: Path) -> Path:
     raise UsageError(f"dtb {args.command}: {args.model} is a hub id; give --output to say where to write results")
 
 
-def search_options(args: argparse.Namespace) -> dict:
-    return dict(
-        batch_size=args.batch_size,
-        max_seq_len=args.max_seq_len,
-        doc_stride=args.doc_stride,
-        max_answer_len=args.max_answer_len,
-    )
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from .pipeline import QuestionAnswerer
     from .search import EvolutionSettings, SearchSettings, plot_frontier, search
@@ -592,7 +587,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     dataset, name = search_set(args)
     eval_sets = dict([eval_set(args)]) if args.eval_data else None
     with tqdm(total=settings.budget(), unit="config", desc="search", file=sys.stderr, disable=None) as bar:
-        frontier = search(qa, dataset, name, settings, output, eval_sets, bar.update, **search_options(args))
+        frontier = search(qa, dataset, name, settings, output, eval_sets, bar.update, **window_options(args))
     if args.plot is not None:
         plot_frontier(frontier, args.plot, cost=args.cost)
     if args.json:
@@ -616,13 +611,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     dataset, name = search_set(args)
     latency_batch = args.latency_batch_size if args.latency else None
     with tqdm(total=len(args.ratios), unit="config", desc="sweep", file=sys.stderr, disable=None) as bar:
-        points = sweep(qa, dataset, name, args.ratios, latency_batch, bar.update, **search_options(args))
+        points = sweep(qa, dataset, name, args.ratios, latency_batch, bar.update, **window_options(args))
     if args.eval_data is not None:
         from .evaluate import Evaluator
         from .search.runner import with_evaluation
 
         name, data = eval_set(args)
-        evaluator = Evaluator(qa, data, **search_options(args))
+        evaluator = Evaluator(qa, data, **window_options(args))
         points = [with_evaluation(p, name, evaluator) for p in points]
     result = {"format": 1, "data": name, "points": [p.to_dict() for p in points]}
     atomic_write_text(target, json.dumps(result, indent=1) + "\n")
