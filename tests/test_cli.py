@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from dynamic_tinybert import CheckpointError, QuestionAnswerer, checkpoint, cli, cost
 from dynamic_tinybert.squad import load_squad, score_predictions
@@ -500,3 +501,32 @@ def test_help_exits_0_with_usage(capsys: pytest.CaptureFixture, command: list[st
         cli.main([*command, "--help"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: dtb {command[0] if command else ''}".rstrip())
+
+
+# --- export ---------------------------------------------------------------------------------------------------------
+
+
+def test_export_fp16_halves_the_weights_and_loads_back_as_fp32_with_close_logits(dtb, tiny_checkpoint: Path, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "release"
+    result = dtb("export", "--model", tiny_checkpoint, "--output", out, "--fp16")
+    assert result.code == 0 and "fp16" in result.out
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    size = (out / "model.safetensors").stat().st_size
+    assert size < 0.6 * (tiny_checkpoint / "model.safetensors").stat().st_size
+    original, exported = checkpoint.load_model(tiny_checkpoint), checkpoint.load_model(out)
+    assert all(p.dtype == torch.float32 for p in exported.parameters())
+    ids = torch.tensor([[2, 5, 6, 7, 3, 8, 9, 3]])
+    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+    a, b = original(ids, mask, types), exported(ids, mask, types)
+    assert torch.allclose(a.start_logits, b.start_logits, atol=1e-2)
+    assert not (out / "pareto.json").exists()
+
+
+def test_export_copies_the_frontier_and_refuses_to_overwrite_its_source(dtb, tiny_checkpoint: Path, tmp_path):
+    (tiny_checkpoint / "pareto.json").write_text('{"frontier": []}')
+    assert dtb("export", "--model", tiny_checkpoint, "--output", tmp_path / "copy").code == 0
+    assert (tmp_path / "copy" / "pareto.json").read_text() == '{"frontier": []}'
+    assert_usage_error(dtb("export", "--model", tiny_checkpoint, "--output", tiny_checkpoint), "new folder")

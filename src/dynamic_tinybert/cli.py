@@ -24,6 +24,7 @@ from .checkpoint import CheckpointError
 from .cost import macs
 from .features import window_defaults
 from .fileio import atomic_write_text
+from .frontier import FILENAME as FRONTIER_FILE
 from .frontier import BudgetError, load_frontier
 from .length_config import LengthConfig, LengthConfigError
 from .search import METHODS
@@ -139,6 +140,11 @@ def build_parser() -> Parser:
 
     add_train_parsers(commands)
     add_search_parsers(commands)
+
+    export = commands.add_parser("export", help="copy a model (e.g. a training checkpoint) into a release folder")
+    add_model_args(export)
+    export.add_argument("--output", type=Path, required=True, help="the new checkpoint folder")
+    export.add_argument("--fp16", action="store_true", help="store the weights as fp16 (half the size; load as fp32)")
 
     info = commands.add_parser("info", help="shape, parameters and MACs of a model")
     add_model_args(info)
@@ -650,6 +656,24 @@ def print_points(points: list, labels: list[str] | None = None) -> None:
         print("  ".join(cell.rjust(w) if i < len(header) - 1 else cell for i, (cell, w) in enumerate(zip(row, widths))))
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Weights, config and tokenizer in the Hugging Face layout, plus the model's frontier if it has one."""
+    import shutil
+
+    import torch
+
+    directory = checkpoint.resolve(required_model(args), args.revision)
+    if args.output.resolve() == directory.resolve():
+        raise UsageError("dtb export: --output must be a new folder, not the model's own")
+    model, tokenizer = checkpoint.load_model(directory), checkpoint.load_tokenizer(directory)
+    checkpoint.save_checkpoint(model, tokenizer, args.output, torch.float16 if args.fp16 else torch.float32)
+    if (directory / FRONTIER_FILE).is_file():
+        shutil.copyfile(directory / FRONTIER_FILE, args.output / FRONTIER_FILE)
+    size = sum(f.stat().st_size for f in args.output.iterdir() if f.is_file())
+    print(f"{args.output}: {size / 2**20:.1f} MiB ({'fp16' if args.fp16 else 'fp32'} weights)")
+    return 0
+
+
 def print_table(values: dict) -> None:
     width = max(len(k) for k in values)
     for key, value in values.items():
@@ -662,6 +686,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "score": cmd_score,
     "info": cmd_info,
+    "export": cmd_export,
     "train": cmd_train,
     "search": cmd_search,
     "sweep": cmd_sweep,
