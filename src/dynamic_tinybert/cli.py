@@ -27,6 +27,7 @@ from .fileio import atomic_write_text
 from .frontier import FILENAME as FRONTIER_FILE
 from .frontier import BudgetError, load_frontier
 from .length_config import LengthConfig, LengthConfigError
+from .precision import PRECISIONS
 from .search import METHODS
 from .squad import load_predictions, load_squad, score_predictions, write_predictions
 
@@ -105,6 +106,9 @@ def add_answer_args(parser: argparse.ArgumentParser, max_answer_len: int) -> Non
     parser.add_argument("--max-seq-len", type=int, help="tokens per window (default: min(model positions, 384))")
     parser.add_argument("--doc-stride", type=int, help="window overlap in tokens (default: min(max_seq_len//2, 128))")
     parser.add_argument("--max-answer-len", type=int, default=max_answer_len, help="longest answer in tokens")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="encoder Linear layers: bf16 (native-bf16 CPUs) or int8"
+    )
 
 
 def build_parser() -> Parser:
@@ -372,7 +376,7 @@ def required_model(args: argparse.Namespace) -> str:
 def load_answerer(args: argparse.Namespace):
     from .pipeline import QuestionAnswerer
 
-    return QuestionAnswerer.from_pretrained(required_model(args), revision=args.revision)
+    return QuestionAnswerer.from_pretrained(required_model(args), revision=args.revision, precision=args.precision)
 
 
 def answer_options(args: argparse.Namespace) -> dict:

@@ -23,6 +23,7 @@ from .features import Window, batches, make_windows, window_defaults
 from .frontier import BudgetError, Frontier, load_frontier
 from .length_config import LengthConfig
 from .model import BertForQuestionAnswering
+from .precision import with_precision
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,19 @@ class QuestionAnswerer:
 
     @classmethod
     def from_pretrained(
-        cls, path_or_id: str | os.PathLike | None = None, revision: str | None = None, device: str = "cpu", **defaults
+        cls,
+        path_or_id: str | os.PathLike | None = None,
+        revision: str | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        **defaults,
     ) -> QuestionAnswerer:
-        """Load a checkpoint directory or Hugging Face Hub id (see `checkpoint.resolve`); None: the shipped model."""
+        """Load a checkpoint directory or Hugging Face Hub id (see `checkpoint.resolve`); None: the shipped model.
+
+        `precision` "bf16" or "int8" runs the encoder's Linear layers in that precision on CPU.
+        """
         directory = checkpoint.resolve(path_or_id, revision)
-        model = checkpoint.load_model(directory).to(device)
+        model = with_precision(checkpoint.load_model(directory).to(device), precision)
         return cls(model, checkpoint.load_tokenizer(directory), load_frontier(directory), **defaults)
 
     @property

@@ -1,0 +1,91 @@
+"""bf16 and int8 encoder Linear layers for CPU inference: what changes, what stays fp32, how close the logits stay."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli
+from dynamic_tinybert.precision import BFloat16Linear, with_precision
+
+from conftest import tiny_model
+
+IDS = torch.tensor([[2, 5, 6, 7, 3, 8, 9, 10, 11, 12, 3], [2, 5, 6, 3, 8, 9, 3, 0, 0, 0, 0]])
+MASK = (IDS != 0).long()
+TYPES = torch.tensor([[0] * 5 + [1] * 6, [0] * 4 + [1] * 7])
+
+
+def logits(model, length_config=None) -> torch.Tensor:
+    with torch.inference_mode():
+        out = model(IDS, MASK, TYPES, length_config=length_config)
+    return torch.stack([out.start_logits, out.end_logits])
+
+
+def encoder_linears(model) -> list[nn.Module]:
+    return [m for m in model.bert.encoder.modules() if type(m).__name__ in ("Linear", "BFloat16Linear")]
+
+
+def test_fp32_is_the_model_itself():
+    model = tiny_model()
+    assert with_precision(model, "fp32") is model
+
+
+def test_bf16_replaces_every_encoder_linear_and_leaves_the_rest_fp32():
+    model = tiny_model()
+    fast = with_precision(model, "bf16")
+    linears = encoder_linears(fast)
+    assert len(linears) == 6 * model.config.num_hidden_layers
+    assert all(isinstance(m, BFloat16Linear) and m.weight.dtype == torch.bfloat16 for m in linears)
+    assert fast.qa_outputs.weight.dtype == torch.float32
+    assert fast.bert.embeddings.word_embeddings.weight.dtype == torch.float32
+    assert all(m.weight.dtype == torch.float32 for m in fast.modules() if isinstance(m, nn.LayerNorm))
+
+
+def test_the_original_model_is_left_untouched():
+    model = tiny_model()
+    before = logits(model)
+    with_precision(model, "bf16")
+    with_precision(model, "int8")
+    assert all(isinstance(m, nn.Linear) for m in encoder_linears(model))
+    assert torch.equal(logits(model), before)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("bf16", 0.02), ("int8", 0.05)])
+def test_logits_stay_close_to_fp32_at_full_length_and_while_dropping(precision, tolerance):
+    model = tiny_model(seed=3)
+    fast = with_precision(model, precision)
+    dropping = LengthConfig.ratios([0.8, 0.6, 0.4])
+    for config in (None, dropping):
+        exact, approximate = logits(model, config), logits(fast, config)
+        assert approximate.dtype == torch.float32
+        scale = exact.abs().max()
+        assert (approximate - exact).abs().max() <= tolerance * scale
+        assert not torch.equal(approximate, exact)  # it really ran in lower precision
+
+
+def test_int8_quantises_the_encoder_linears_dynamically():
+    fast = with_precision(tiny_model(), "int8")
+    linears = encoder_linears(fast)
+    assert len(linears) == 18 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in linears)
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, int8"):
+        with_precision(tiny_model(), "fp8")
+
+
+def test_from_pretrained_applies_the_precision(tiny_checkpoint):
+    qa = QuestionAnswerer.from_pretrained(tiny_checkpoint, precision="bf16")
+    assert all(isinstance(m, BFloat16Linear) for m in encoder_linears(qa.model))
+    assert qa(question="where does alice live ?", context="alice lives in paris .")["answer"]
+
+
+def test_dtb_ask_takes_a_precision_and_refuses_unknown_ones(tiny_checkpoint, capsys):
+    args = ["ask", "where does alice live ?", "--context", "alice lives in paris .", "--model", str(tiny_checkpoint)]
+    assert cli.main([*args, "--precision", "int8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answers"][0]["answer"]
+    assert cli.main([*args, "--precision", "fp8"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
