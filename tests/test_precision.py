@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli
-from dynamic_tinybert.precision import BFloat16Linear, with_precision
+from dynamic_tinybert.precision import BFloat16Linear, precision_of, with_precision
 
 from conftest import tiny_model
 
@@ -72,6 +72,11 @@ def test_int8_quantises_the_encoder_linears_dynamically():
     assert len(linears) == 18 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in linears)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_the_precision_of_a_model_is_what_with_precision_made_it(precision):
+    assert precision_of(with_precision(tiny_model(), precision)) == precision
+
+
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, int8"):
         with_precision(tiny_model(), "fp8")
@@ -89,3 +94,13 @@ def test_dtb_ask_takes_a_precision_and_refuses_unknown_ones(tiny_checkpoint, cap
     assert json.loads(capsys.readouterr().out)["answers"][0]["answer"]
     assert cli.main([*args, "--precision", "fp8"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dtb_eval_reports_precision_and_peak_memory(tiny_checkpoint, tmp_path, capsys):
+    from synthetic import synthetic_dataset, write_squad_file
+
+    data = write_squad_file(synthetic_dataset(5, seed=1), tmp_path / "data.json")
+    args = ["eval", "--model", str(tiny_checkpoint), "--data", str(data), "--predictions", str(tmp_path / "p.json")]
+    assert cli.main([*args, "--precision", "bf16", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["precision"] == "bf16" and summary["peak_rss_mib"] > 10

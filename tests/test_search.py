@@ -348,6 +348,11 @@ def test_dtb_search_with_optuna_resumes_from_the_study_beside_the_model(model_di
     printed = json.loads(capsys.readouterr().out)
     assert printed["search"]["resumed_trials"] == 25 and printed["search"]["evaluated_now"] == 0
     assert printed == load_frontier(tmp_path / "out").to_dict()
+    assert printed["search"]["precision"] == "fp32"
+
+    assert main([*args, "--precision", "bf16", "--json"]) == 0  # another precision: a new study, not a resume
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["search"]["precision"] == "bf16" and printed["search"]["resumed_trials"] == 0
 
 
 def test_dtb_sweep_writes_the_baseline_points(model_dir, tmp_path, capsys):

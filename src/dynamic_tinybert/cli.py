@@ -315,6 +315,9 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--max-answer-len", type=int, default=30, help="longest answer in tokens")
         parser.add_argument("--latency-batch-size", type=int, default=1, help="batch size latency is measured at")
         parser.add_argument("--latency-questions", type=int, default=32, help="questions latency is measured on")
+        parser.add_argument(
+            "--precision", choices=PRECISIONS, default="fp32", help="encoder Linear layers: bf16 or int8 (CPU)"
+        )
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
     search.add_argument("--method", choices=METHODS, default="evolution")
     search.add_argument("--cost", choices=["macs", "latency"], default="macs", help="what the frontier trades F1 for")
@@ -466,6 +469,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = {
         **result.summary(),
         "length_config": str(result.length_config or "full"),
+        "precision": args.precision,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
         "predictions": str(args.predictions),
     }
     if args.json:
@@ -593,7 +598,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     directory = checkpoint.resolve(required_model(args), args.revision)
     output = output_folder(args, directory)
-    qa = QuestionAnswerer.from_pretrained(directory)
+    qa = QuestionAnswerer.from_pretrained(directory, precision=args.precision)
     dataset, name = search_set(args)
     eval_sets = dict([eval_set(args)]) if args.eval_data else None
     with tqdm(total=settings.budget(), unit="config", desc="search", file=sys.stderr, disable=None) as bar:
@@ -617,7 +622,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     directory = checkpoint.resolve(required_model(args), args.revision)
     target = args.output or output_folder(args, directory) / "sweep.json"
-    qa = QuestionAnswerer.from_pretrained(directory)
+    qa = QuestionAnswerer.from_pretrained(directory, precision=args.precision)
     dataset, name = search_set(args)
     latency_batch = args.latency_batch_size if args.latency else None
     with tqdm(total=len(args.ratios), unit="config", desc="sweep", file=sys.stderr, disable=None) as bar:
@@ -676,6 +681,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     size = sum(f.stat().st_size for f in args.output.iterdir() if f.is_file())
     print(f"{args.output}: {size / 2**20:.1f} MiB ({'fp16' if args.fp16 else 'fp32'} weights)")
     return 0
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def print_table(values: dict) -> None:

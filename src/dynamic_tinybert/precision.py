@@ -34,6 +34,16 @@ class BFloat16Linear(nn.Module):
         return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
 
 
+def precision_of(model: BertForQuestionAnswering) -> str:
+    """Which precision the encoder's Linear layers run in (what `with_precision` made of the model)."""
+    for module in model.bert.encoder.modules():
+        if isinstance(module, BFloat16Linear):
+            return "bf16"
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            return "int8"
+    return "fp32"
+
+
 def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQuestionAnswering:
     """An inference copy of `model` whose encoder Linear layers run in `precision` (fp32: the model itself)."""
     if precision not in PRECISIONS:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from ..frontier import Point
+from ..precision import precision_of
 from .candidates import Candidates
 
 SAMPLERS = ("nsga2", "tpe")
@@ -25,6 +26,7 @@ def study_name(candidates: Candidates, sampler: str, seed: int, population: int)
     identity = {
         "data": candidates.data_name,
         "cost": candidates.cost_name,
+        "precision": precision_of(candidates.evaluator.qa.model),
         "latency_batch_size": candidates.latency_batch_size if candidates.cost_name == "latency" else None,
         "space": [space.num_layers, space.min_ratio, space.ratio_step, space.protect_question],
         "sampler": sampler,

@@ -13,6 +13,7 @@ from ..evaluate import Evaluator
 from ..frontier import Frontier, Point
 from ..length_config import LengthConfig
 from ..pipeline import QuestionAnswerer
+from ..precision import precision_of
 from ..squad import SquadDataset
 from .candidates import Candidates
 from .evolution import EvolutionSettings, evolution_search
@@ -122,6 +123,7 @@ def search(
             "method": settings.method,
             "sampler": settings.sampler if settings.method == "optuna" else None,
             "cost": settings.cost,
+            "precision": precision_of(qa.model),
             "seed": settings.seed,
             "data": data_name,
             "space": {"min_ratio": space.min_ratio, "ratio_step": space.ratio_step},
