@@ -415,3 +415,41 @@ def test_info_json_includes_the_frontier_or_null(capsys, tiny_checkpoint: Path):
     printed = json.loads(dtb(capsys, "info", "--model", tiny_checkpoint, "--json")[1])["frontier"]
     assert printed == FRONTIER.to_dict()
     assert Frontier.from_dict(printed) == FRONTIER
+
+
+# --- calibration: latencies measured on this machine ----------------------------------------------------------------
+
+
+def test_calibrate_measures_every_point_here_so_that_latency_budgets_work(frontier_dir: Path):
+    qa = QuestionAnswerer.from_pretrained(frontier_dir)
+    with pytest.raises(BudgetError, match="no measured latencies"):
+        qa(question=QUESTIONS[0], context=CONTEXTS[0], latency_ms=1000.0)
+    calibrated = qa.calibrate(QUESTIONS, CONTEXTS, batch_size=1, repeats=1)
+    assert qa.frontier is calibrated
+    assert all(p.latency_ms > 0 and p.latency_batch_size == 1 for p in [*calibrated.points, calibrated.full])
+    assert [p.length_config for p in calibrated.points] == [CHEAP.length_config, MID.length_config, TOP.length_config]
+    assert qa.options(latency_ms=1e6).length_config == TOP.length_config
+
+
+def test_calibrate_without_a_frontier_is_a_clear_error(tiny_checkpoint: Path):
+    with pytest.raises(BudgetError, match="no accuracy/cost frontier"):
+        QuestionAnswerer.from_pretrained(tiny_checkpoint).calibrate(QUESTIONS, CONTEXTS)
+
+
+def test_dtb_calibrate_writes_the_latencies_into_pareto_json(frontier_dir: Path, tmp_path: Path, capsys):
+    data = write_squad_file(synthetic_dataset(6, seed=4), tmp_path / "data.json")
+    args = ["calibrate", "--model", str(frontier_dir), "--data", str(data), "--limit", "3", "--repeats", "1"]
+    assert cli.main(args) == 0
+    assert "latencies of 3 frontier points" in capsys.readouterr().out
+    frontier = load_frontier(frontier_dir)
+    assert all(p.latency_ms > 0 for p in frontier.points)
+    assert frontier.search["calibrated"] == {"questions": 3, "batch_size": 1, "precision": "fp32"}
+    ask = ["ask", QUESTIONS[0], "--context", CONTEXTS[0], "--model", str(frontier_dir), "--latency-ms", "1e6"]
+    assert cli.main(ask) == 0
+
+
+def test_dtb_calibrate_without_a_frontier_is_a_one_line_error(tiny_checkpoint: Path, tmp_path: Path, capsys):
+    data = write_squad_file(synthetic_dataset(2, seed=4), tmp_path / "data.json")
+    assert cli.main(["calibrate", "--model", str(tiny_checkpoint), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "dtb search" in err and len(err.strip().splitlines()) == 1

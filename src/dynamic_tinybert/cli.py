@@ -348,6 +348,15 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
     )
     sweep.add_argument("--latency", action="store_true", help="also measure ms per question on this machine")
 
+    calibrate = commands.add_parser("calibrate", help="measure the frontier's latencies on this machine")
+    add_model_args(calibrate)
+    calibrate.add_argument("--data", type=Path, required=True, help="SQuAD file whose first questions are timed")
+    calibrate.add_argument("--limit", type=int, default=32, help="questions to time (default 32)")
+    calibrate.add_argument("--batch-size", type=int, default=1, help="batch size the latencies hold for")
+    calibrate.add_argument("--repeats", type=int, default=3, help="timed runs per point; the median counts")
+    calibrate.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    calibrate.add_argument("--output", type=Path, help="folder for the updated pareto.json (default: the model's)")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -644,6 +653,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .pipeline import QuestionAnswerer
+
+    directory = checkpoint.resolve(required_model(args), args.revision)
+    output = output_folder(args, directory)
+    qa = QuestionAnswerer.from_pretrained(directory, precision=args.precision)
+    if qa.frontier is None:
+        raise UsageError(f"dtb calibrate: {directory} has no frontier (pareto.json); run `dtb search` first")
+    sample = load_squad(args.data, limit=args.limit).questions
+    frontier = qa.calibrate([q.question for q in sample], [q.context for q in sample], args.batch_size, args.repeats)
+    frontier.search["calibrated"] = {
+        "questions": len(sample),
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+    }
+    frontier.save(output)
+    print(f"latencies of {len(frontier.points)} frontier points measured here; written to {output / FRONTIER_FILE}")
+    print_frontier(frontier)
+    return 0
+
+
 def print_frontier(frontier) -> None:
     """The frontier as a table, cheapest first, with the full model last for reference."""
     print_points([*frontier.points, frontier.full], labels=[""] * len(frontier.points) + ["full"])
@@ -707,6 +737,7 @@ COMMANDS = {
     "train": cmd_train,
     "search": cmd_search,
     "sweep": cmd_sweep,
+    "calibrate": cmd_calibrate,
 }
 
 if __name__ == "__main__":

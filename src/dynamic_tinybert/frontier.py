@@ -127,6 +127,14 @@ class Frontier:
                 )
         return max(fits, key=lambda p: p.f1)
 
+    def with_latencies(self, measure: Callable[[LengthConfig], float], batch_size: int) -> Frontier:
+        """The frontier with every point's latency (and the full model's) measured again by `measure`."""
+        return replace(
+            self,
+            points=[p.with_latency(measure(p.length_config), batch_size) for p in self.points],
+            full=self.full.with_latency(measure(self.full.length_config), batch_size),
+        )
+
     def to_dict(self) -> dict:
         return {
             "format": FORMAT_VERSION,

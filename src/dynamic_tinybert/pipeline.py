@@ -205,6 +205,23 @@ class QuestionAnswerer:
             )
         return self.frontier.choose(budget=budget, latency_ms=latency_ms).length_config
 
+    def calibrate(
+        self, questions: Sequence[str], contexts: Sequence[str], batch_size: int = 1, repeats: int = 3
+    ) -> Frontier:
+        """Measure every frontier point's latency on this machine, so that `latency_ms` budgets hold here.
+
+        Latencies in `pareto.json` were measured where the search ran; this replaces them (in memory; the
+        caller may save the returned frontier) with ms per question on these inputs at this batch size.
+        """
+        from .latency import latency_ms
+
+        if self.frontier is None:
+            raise BudgetError("this model has no accuracy/cost frontier (pareto.json) to calibrate")
+        self.frontier = self.frontier.with_latencies(
+            lambda config: latency_ms(self, questions, contexts, config, batch_size, repeats), batch_size
+        )
+        return self.frontier
+
     def options(self, **options) -> AnswerOptions:
         """The options a call with these would run with: over the defaults, checked, a budget resolved.
 
