@@ -28,7 +28,7 @@ from .frontier import FILENAME as FRONTIER_FILE
 from .frontier import BudgetError, load_frontier
 from .length_config import LengthConfig, LengthConfigError
 from .precision import PRECISIONS
-from .search import METHODS
+from .search import COSTS, METHODS, SAMPLERS
 from .squad import load_predictions, load_squad, score_predictions, write_predictions
 
 MODEL_ENV = "DTB_MODEL"
@@ -320,7 +320,7 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
         )
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
     search.add_argument("--method", choices=METHODS, default="evolution")
-    search.add_argument("--cost", choices=["macs", "latency"], default="macs", help="what the frontier trades F1 for")
+    search.add_argument("--cost", choices=COSTS, default="macs", help="what the frontier trades F1 for")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--time-limit", type=duration_arg, help="stop searching after this long (e.g. 900, 15m, 2h)")
     search.add_argument("--min-ratio", type=float, default=0.1, help="smallest keep ratio of a layer")
@@ -332,7 +332,7 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--crossovers", type=int, default=30, help="evolution: crossed children per generation")
     search.add_argument("--mutation-prob", type=float, default=0.5, help="evolution: chance each layer is redrawn")
     search.add_argument("--trials", type=int, default=150, help="optuna: trials in all, counting a resumed run's")
-    search.add_argument("--sampler", choices=["nsga2", "tpe"], default="nsga2", help="optuna's sampler")
+    search.add_argument("--sampler", choices=SAMPLERS, default="nsga2", help="optuna's sampler")
     search.add_argument(
         "--output", type=Path, help="folder for pareto.json, the log and the optuna study (default: the model's)"
     )
