@@ -16,7 +16,15 @@ from synthetic import synthetic_dataset, write_squad_file
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli
 from dynamic_tinybert.evaluate import Evaluator, evaluate
-from dynamic_tinybert.frontier import BudgetError, Frontier, Point, load_frontier, pareto_front, require_frontier
+from dynamic_tinybert.frontier import (
+    BudgetError,
+    Frontier,
+    Point,
+    load_frontier,
+    pareto_front,
+    require_frontier,
+    spread,
+)
 
 from conftest import tiny_config
 
@@ -453,3 +461,18 @@ def test_dtb_calibrate_without_a_frontier_is_a_one_line_error(tiny_checkpoint: P
     assert cli.main(["calibrate", "--model", str(tiny_checkpoint), "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "dtb search" in err and len(err.strip().splitlines()) == 1
+
+
+def test_spread_keeps_the_ends_and_points_nearest_to_even_costs():
+    front = [point(c, 50 + 40 * c) for c in (0.2, 0.21, 0.22, 0.4, 0.41, 0.6, 0.79, 0.8, 1.0)]
+    kept = spread(front, 4)
+    assert [p.macs_ratio for p in kept] == [0.2, 0.41, 0.79, 1.0]  # targets 0.2, 0.467, 0.733, 1.0
+    assert [p.macs_ratio for p in spread(front, 2)] == [0.2, 1.0]
+    assert spread(front, 9) == front and spread(front, 50) == front
+    assert len(spread(front, 8)) == 8 and pareto_front(spread(front, 8)) == spread(front, 8)
+
+
+@pytest.mark.parametrize("bad", [1, 0, -3])
+def test_spread_needs_room_for_both_ends(bad):
+    with pytest.raises(ValueError, match="max_points must be >= 2"):
+        spread([point(0.5, 60), point(1.0, 70)], bad)

@@ -261,6 +261,17 @@ def test_a_time_limit_stops_the_search_early_but_still_writes_the_frontier(qa, t
     assert (tmp_path / "pareto.json").is_file() and frontier.full.macs_ratio == 1.0
 
 
+def test_max_points_spreads_the_saved_frontier_over_cost_and_the_log_keeps_every_config(qa, evolution, tmp_path):
+    short = run_search(qa, replace(EVOLUTION, max_points=3), tmp_path)
+    assert len(evolution.points) > 3 and len(short.points) == 3
+    ends = [p.length_config for p in evolution.points[:: len(evolution.points) - 1]]
+    assert [p.length_config for p in short.points[:: len(short.points) - 1]] == ends
+    assert len(load_frontier(tmp_path).points) == 3
+    log = (tmp_path / "search-log.jsonl").read_text().splitlines()
+    logged = {json.dumps(json.loads(line)["length_config"]) for line in log}
+    assert len(logged) == evolution.search["evaluations"] > 3
+
+
 def test_a_time_limit_too_short_for_the_full_model_is_a_clear_error(qa, tmp_path):
     with pytest.raises(ValueError, match="time limit ran out before the full model"):
         run_search(qa, replace(EVOLUTION, time_limit=1e-9), tmp_path)
@@ -371,6 +382,7 @@ def test_dtb_sweep_writes_the_baseline_points(model_dir, tmp_path, capsys):
         (["--holdout-articles", "0"], "--holdout-articles must be >= 1"),
         (["--time-limit", "soon"], "not a duration"),
         (["--method", "grid"], "invalid choice"),
+        (["--max-points", "1"], "max_points must be >= 2"),
         (["--ratios", "1.5"], None),
     ],
 )

@@ -337,6 +337,9 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
         "--output", type=Path, help="folder for pareto.json, the log and the optuna study (default: the model's)"
     )
     search.add_argument("--plot", type=Path, help="also draw the frontier to this image (e.g. pareto.png)")
+    search.add_argument(
+        "--max-points", type=int, help="keep at most N frontier points, spread evenly over cost (all stay in the log)"
+    )
     sweep.add_argument(
         "--ratios",
         type=float_list_arg,
@@ -604,6 +607,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         latency_batch_size=args.latency_batch_size,
         latency_questions=args.latency_questions,
+        max_points=args.max_points,
     )
     directory = checkpoint.resolve(required_model(args), args.revision)
     output = output_folder(args, directory)

@@ -89,6 +89,25 @@ def pareto_front(points: Iterable[Point], cost: Callable[[Point], float] = lambd
     return front
 
 
+def spread(front: list[Point], max_points: int, cost: Callable[[Point], float] = lambda p: p.macs_ratio) -> list[Point]:
+    """At most `max_points` of a frontier (cheapest first), spread evenly over its cost range.
+
+    The cheapest and the most accurate point always stay; each other slot takes the unused point nearest
+    to its evenly spaced cost. A shipped frontier stays short enough to re-time and to read.
+    """
+    if max_points < 2:
+        raise ValueError(f"max_points must be >= 2 (the cheapest and the most accurate point), got {max_points}")
+    if len(front) <= max_points:
+        return list(front)
+    low, high = cost(front[0]), cost(front[-1])
+    chosen = {0, len(front) - 1}
+    for k in range(1, max_points - 1):
+        target = low + k * (high - low) / (max_points - 1)
+        unused = [i for i in range(len(front)) if i not in chosen]
+        chosen.add(min(unused, key=lambda i: abs(cost(front[i]) - target)))
+    return [front[i] for i in sorted(chosen)]
+
+
 @dataclass
 class Frontier:
     """What `pareto.json` holds: the frontier, the full model and the constant keep-ratio baseline."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..evaluate import Evaluator
-from ..frontier import Frontier, Point
+from ..frontier import Frontier, Point, spread
 from ..length_config import LengthConfig
 from ..pipeline import QuestionAnswerer
 from ..precision import precision_of
@@ -40,10 +40,15 @@ class SearchSettings:
     latency_batch_size: int = 1
     latency_questions: int = 32
     latency_repeats: int = 3
+    max_points: int | None = None  # keep at most this many frontier points, spread over cost (all stay in the log)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.max_points is not None and self.max_points < 2:
+            raise ValueError(
+                f"max_points must be >= 2 (the cheapest and the most accurate point), got {self.max_points}"
+            )
 
     def budget(self) -> int:
         """The most configurations this search can measure, for a progress bar."""
@@ -105,6 +110,8 @@ def search(
     if full_config not in candidates.points:
         raise ValueError("the time limit ran out before the full model was measured; give the search more time")
     frontier = candidates.frontier()
+    if settings.max_points is not None:
+        frontier = spread(frontier, settings.max_points, candidates.cost)
     if settings.cost == "macs":  # so that a latency budget can choose among them too
         for config in {p.length_config for p in frontier} | {full_config}:
             candidates.add(candidates.with_latency(candidates.points[config]))
