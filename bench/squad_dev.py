@@ -24,6 +24,7 @@ from dynamic_tinybert.cost import macs
 from dynamic_tinybert.evaluate import Evaluator
 from dynamic_tinybert.fileio import atomic_write_text
 from dynamic_tinybert.frontier import require_frontier
+from dynamic_tinybert.precision import PRECISIONS
 from dynamic_tinybert.squad import load_squad
 
 SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
@@ -40,8 +41,8 @@ PUBLISHED = [
 ]
 
 
-def measure(model: Path, data: Path, limit: int | None, batch_size: int) -> dict:
-    qa = QuestionAnswerer.from_pretrained(model, max_answer_len=30, batch_size=batch_size)
+def measure(model: Path, data: Path, limit: int | None, batch_size: int, precision: str) -> dict:
+    qa = QuestionAnswerer.from_pretrained(model, precision=precision, max_answer_len=30, batch_size=batch_size)
     frontier = require_frontier(model)
     dataset = load_squad(data, limit=limit)
     started = time.perf_counter()
@@ -73,7 +74,7 @@ def measure(model: Path, data: Path, limit: int | None, batch_size: int) -> dict
         "data": f"{data.name} ({len(dataset.questions)} questions, {len(evaluator.windows)} windows)",
         "search": frontier.search,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, fp32, batch {batch_size}",
+        f"{torch.__version__}, {precision}, batch {batch_size}",
         "rows": rows,
     }
 
@@ -108,9 +109,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SQUAD_DEV)
     parser.add_argument("--limit", type=int, help="only the first N questions")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder Linear layers (CPU)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
     args = parser.parse_args()
-    result = measure(args.model, args.data, args.limit, args.batch_size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = measure(args.model, args.data, args.limit, args.batch_size, args.precision)
     table = markdown(result)
     print(table)
     if args.output is not None:
