@@ -28,6 +28,8 @@ from .frontier import FILENAME as FRONTIER_FILE
 from .frontier import BudgetError, load_frontier
 from .length_config import LengthConfig, LengthConfigError
 from .precision import PRECISIONS
+from .pruning import PATTERNS as PRUNING_PATTERNS
+from .pruning import PruningSchedule, sparsity_report
 from .search import COSTS, METHODS, SAMPLERS
 from .squad import load_predictions, load_squad, score_predictions, write_predictions
 
@@ -225,6 +227,32 @@ def add_train_parsers(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--length-drop-ratio-bound", type=float, default=0.2)
         parser.add_argument("--num-sandwich", type=int, default=2)
         parser.add_argument("--layer-drop", type=float, default=0.2, help="LengthDrop's LayerDrop probability")
+        sparsity = parser.add_mutually_exclusive_group()
+        sparsity.add_argument(
+            "--prune-to", type=float, help="prune the encoder's Linear weights to this sparsity (e.g. 0.8)"
+        )
+        sparsity.add_argument(
+            "--lock-sparsity", action="store_true", help="keep the model's zeros zero (fine-tune a sparse model)"
+        )
+        parser.add_argument(
+            "--prune-pattern", choices=list(PRUNING_PATTERNS), help="1x4 blocks (default) or single weights"
+        )
+        parser.add_argument("--prune-start", type=int, help="optimiser step at which pruning starts (default 0)")
+        parser.add_argument("--prune-end", type=int, help="optimiser step at which the --prune-to sparsity is reached")
+        parser.add_argument("--prune-every", type=int, help="steps between mask updates (default 100)")
+
+
+def pruning_schedule(args: argparse.Namespace) -> PruningSchedule | None:
+    """--prune-to and the --prune-* options it needs, or None; the options without --prune-to are an error."""
+    options = dict(pattern=args.prune_pattern, start=args.prune_start, end=args.prune_end, every=args.prune_every)
+    given = {k: v for k, v in options.items() if v is not None}
+    if args.prune_to is None:
+        if given:
+            raise UsageError(f"dtb train: --prune-{next(iter(given))} needs --prune-to")
+        return None
+    if args.prune_end is None:
+        raise UsageError("dtb train: --prune-to needs --prune-end, the step at which that sparsity is reached")
+    return PruningSchedule(args.prune_to, **given)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -232,6 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.train_command == "distill" and args.stage == "id" and args.length_drop:
         raise UsageError("dtb train distill: --length-drop goes with --stage pd (or finetune), not id")
+    pruning = pruning_schedule(args)
     if args.train_command == "finetune":
         directory = checkpoint.resolve(args.model, args.revision)
         model, teacher = checkpoint.load_model(directory), None
@@ -265,6 +294,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         log_every=args.log_every,
         precision=args.precision,
+        pruning=pruning,
+        lock_sparsity=args.lock_sparsity,
     )
     if args.train_command == "finetune":
         objective = training.SpanLoss()
@@ -532,6 +563,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "vocab": config.vocab_size,
         "max_positions": config.max_position_embeddings,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "sparsity": sparsity_report(model),
         "length_config": str(args.length_config) if args.length_config else None,
         "macs": rows,
     }
@@ -539,7 +571,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**info, "frontier": frontier.to_dict() if frontier else None}, indent=2))
         return 0
-    print_table({k: v for k, v in info.items() if k != "macs" and v is not None})
+    sparsity = info["sparsity"]
+    shown = {
+        **{k: v for k, v in info.items() if k not in ("macs", "sparsity") and v is not None},
+        "sparsity": f"{sparsity['overall']:.4f} ({SPARSITY_PATTERNS[sparsity['pattern']]})",
+        "layer_sparsity": " ".join(f"{s:.4f}" for s in sparsity["layers"]),
+    }
+    print_table(shown)
     print()
     header = ["tokens", "macs_full"] + (["macs_config", "ratio"] if args.length_config else [])
     print("  ".join(f"{h:>16}" for h in header))
@@ -553,6 +591,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"accuracy/cost frontier: {search.get('method', '?')} search on {frontier.full.data}")
         print_frontier(frontier)
     return 0
+
+
+# How `dtb info` describes the zeros of the encoder's Linear weights.
+SPARSITY_PATTERNS = {
+    "dense": "dense: no zeros",
+    "1x4": "zeros in 1x4 blocks: 4 consecutive output rows of one input column",
+    "4x1": "zeros in 4x1 blocks: 4 consecutive input columns of one output row",
+    "unstructured": "unstructured zeros",
+}
 
 
 def search_set(args: argparse.Namespace):

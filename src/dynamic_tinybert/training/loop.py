@@ -1,7 +1,8 @@
 """The one training loop: fine-tuning, distillation and LengthDrop differ only in the objective plugged in.
 
 AdamW with a linear schedule and warmup, gradient clipping and accumulation, bf16 autocast (CUDA, or CPUs with bf16),
-length-bucketed batches, DistributedDataParallel under torchrun (NCCL on GPUs, gloo on CPUs). Nothing is
+length-bucketed batches, DistributedDataParallel under torchrun (NCCL on GPUs, gloo on CPUs), and optionally
+sparse encoder weights (magnitude pruning on a cubic schedule, or a locked sparsity pattern). Nothing is
 lost: every `save_every` steps and at each epoch's end a checkpoint (weights, optimiser, schedule, RNG,
 position in the data) is written atomically, and `resume=True` continues from the latest one exactly.
 """
@@ -29,6 +30,7 @@ from ..evaluate import evaluate
 from ..fileio import atomic_write_text
 from ..model import BertForQuestionAnswering
 from ..pipeline import QuestionAnswerer
+from ..pruning import Pruner, PruningSchedule
 from ..squad import SquadDataset
 from .data import Features, epoch_batches, iterate
 from .objectives import Objective
@@ -54,6 +56,8 @@ class TrainSettings:
     max_answer_len: int = 30  # for the held-out evaluation
     # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16" also on CPUs with native bf16 (2x+ faster there)
     precision: str = "auto"
+    pruning: PruningSchedule | None = None  # prune the encoder's Linear weights to a target sparsity
+    lock_sparsity: bool = False  # keep the encoder's zeros zero (pruning always does)
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -130,9 +134,16 @@ def train(
         optimizer,
         lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)),
     )
+    if settings.pruning is not None and settings.pruning.end > total_steps:
+        raise ValueError(
+            f"pruning ends at step {settings.pruning.end}, after the run's last step {total_steps}: "
+            f"the model would never reach sparsity {settings.pruning.target}"
+        )
     position = Position()
     if resume:
         position = load_latest(out / "checkpoints", model, objective, optimizer, schedule, device)
+    # masks from the weights' zeros: the starting model's, or exactly those a resumed checkpoint was trained with
+    pruner = Pruner(model, settings.pruning) if settings.pruning is not None or settings.lock_sparsity else None
     wrapped = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world_size > 1 else model
     autocast = settings.autocast(device)
     pad_id = tokenizer.token_to_id("[PAD]") or 0
@@ -172,6 +183,8 @@ def train(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             position = Position(epoch, index + 1, position.step + 1)
+            if pruner is not None:
+                pruner.step(position.step)
             bar.update(1)
             if position.step % settings.log_every == 0:
                 seconds = time.perf_counter() - window_started
@@ -182,6 +195,8 @@ def train(
                     "lr": schedule.get_last_lr()[0],
                     "examples_per_second": window_examples / seconds,
                 }
+                if pruner is not None:
+                    entry["sparsity"] = pruner.sparsity()
                 log.write(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
                 window_loss, window_batches, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
