@@ -1,0 +1,213 @@
+"""The side-by-side speed benchmark: system names, rows scored like `dtb eval`, the headline, the written
+table/JSON/plot, one process per system, and the competitors giving the project's answers at full length.
+
+The model is the tiny random 3-layer checkpoint with a hand-made three-point frontier; its answers are
+meaningless, which is enough to check that every system answers alike.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synthetic import synthetic_dataset, write_squad_file
+
+from dynamic_tinybert import LengthConfig, QuestionAnswerer
+from dynamic_tinybert.benchmark import (
+    INSTALL_HINT,
+    System,
+    Workload,
+    build,
+    check_dependencies,
+    onnx_export,
+    parse_systems,
+    run_benchmark,
+    summary,
+    write_results,
+)
+from dynamic_tinybert.evaluate import evaluate
+from dynamic_tinybert.frontier import Frontier, Point
+
+DATA = synthetic_dataset(12, seed=1)
+QUESTIONS, CONTEXTS = [q.question for q in DATA.questions], [q.context for q in DATA.questions]
+
+
+def point(ratios: tuple[float, ...], f1: float) -> Point:
+    config = LengthConfig.ratios(ratios)
+    return Point(config, f1, f1 - 10, macs=1e6 * min(ratios), macs_ratio=min(ratios), keep_ratios=ratios, data="x")
+
+
+FRONTIER = Frontier(
+    [point((0.5, 0.3, 0.2), 40), point((0.8, 0.6, 0.4), 60), point((1.0, 0.9, 0.7), 70)], point((1.0,) * 3, 72)
+)
+OPTIONS = dict(max_answer_len=30, max_seq_len=128, doc_stride=64, max_question_len=64, handle_impossible_answer=False)
+
+
+@pytest.fixture
+def model_dir(tiny_checkpoint: Path) -> Path:
+    FRONTIER.save(tiny_checkpoint)
+    return tiny_checkpoint
+
+
+def answers_of(system: System, model_dir: Path, onnx_dir: Path | None = None) -> list[str]:
+    return build(system, Workload(model_dir, QUESTIONS, CONTEXTS, OPTIONS, 1, 0, onnx_dir))(QUESTIONS, CONTEXTS)
+
+
+# --- naming systems ----------------------------------------------------------------------------------------------
+
+
+def test_system_names_give_kind_precision_batch_size_and_frontier_points():
+    systems = parse_systems(
+        ["project", "project:int8@1", "project:frontier@8", "project:frontier1:bf16", "transformers@1"], FRONTIER
+    )
+    assert [s.name for s in systems] == [
+        "project@32",
+        "project:int8@1",
+        "project:frontier0@8",
+        "project:frontier1@8",
+        "project:frontier2@8",
+        "project:frontier1:bf16@32",
+        "transformers@1",
+    ]
+    assert systems[3].length_config == FRONTIER.points[1].length_config
+    assert parse_systems([s.name for s in systems], FRONTIER) == systems
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("pytorch", "unknown system"),
+        ("project:fp16", "project options"),
+        ("project:int8:bf16", "project options"),
+        ("project:frontier3", "points 0 to 2"),
+        ("transformers:int8", "takes no options"),
+        ("onnxruntime@0", "batch size must be >= 1"),
+    ],
+)
+def test_bad_system_names_are_one_line_errors(name, message):
+    with pytest.raises(ValueError, match=message):
+        parse_systems([name], FRONTIER)
+
+
+def test_frontier_systems_need_a_model_with_a_frontier():
+    with pytest.raises(ValueError, match="no frontier"):
+        parse_systems(["project:frontier"], None)
+
+
+def test_missing_bench_packages_are_named_with_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=re.escape(INSTALL_HINT)):
+        check_dependencies([System("project"), System("transformers")])
+    check_dependencies([System("project")])  # the project's own systems need nothing more
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(threads=0), "threads"), (dict(warmup=-1), "warmup")])
+def test_bad_settings_are_one_line_errors(model_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run_benchmark(model_dir, DATA, systems=["project"], fresh_process=False, **kwargs)
+
+
+def test_no_questions_is_an_error(model_dir):
+    with pytest.raises(ValueError, match="no questions"):
+        run_benchmark(model_dir, DATA.select([]), systems=["project"], fresh_process=False)
+
+
+# --- measuring ---------------------------------------------------------------------------------------------------
+
+
+def test_each_project_system_gives_a_row_scored_as_dtb_eval_scores_it(model_dir):
+    seen = []
+    result = run_benchmark(
+        model_dir,
+        DATA,
+        ["project@1", "project:frontier@4", "project:int8@4"],
+        threads=1,
+        fresh_process=False,
+        progress=seen.append,
+    )
+    rows = result["rows"]
+    assert [r["system"] for r in rows] == [
+        "project@1",
+        "project:frontier0@4",
+        "project:frontier1@4",
+        "project:frontier2@4",
+        "project:int8@4",
+    ]
+    assert seen == rows
+    reference = evaluate(QuestionAnswerer.from_pretrained(model_dir), DATA, max_answer_len=30)
+    assert (rows[0]["f1"], rows[0]["em"]) == (round(reference.f1, 2), round(reference.exact_match, 2))
+    assert all(r["questions_per_second"] > 0 for r in rows)
+    assert rows[0]["p50_ms"] <= rows[0]["p90_ms"]  # latency only where each question is its own call
+    assert all(r["p50_ms"] is None for r in rows[1:])
+    assert all(r["peak_rss_mib"] is None for r in rows)  # one process for all: not any system's own peak
+    assert result["threads"] == 1 and result["data"]["questions"] == len(QUESTIONS)
+    assert result["options"]["max_answer_len"] == 30
+
+
+def test_the_summary_compares_the_fastest_project_system_within_the_tolerance_with_the_fastest_pipeline():
+    def row(system, kind, f1, qps, length="full", p50=None):
+        return dict(
+            system=system,
+            kind=kind,
+            precision="fp32",
+            length_config=length,
+            f1=f1,
+            questions_per_second=qps,
+            p50_ms=p50,
+        )
+
+    rows = [
+        row("project@1", "project", 80.0, 20.0, p50=50.0),
+        row("project:frontier0@32", "project", 78.0, 300.0, "0.3"),  # too inaccurate
+        row("project:frontier1@32", "project", 79.2, 150.0, "0.6"),
+        row("transformers@1", "transformers", 80.0, 10.0, p50=100.0),
+        row("transformers@32", "transformers", 80.0, 30.0),
+    ]
+    result = summary(rows, f1_tolerance=1.0)
+    assert result["best_within_tolerance"]["system"] == "project:frontier1@32"
+    assert result["best_transformers"]["system"] == "transformers@32"
+    assert result["speedup"] == 5.0
+    assert result["p50_ms_batch_1"] == {"project@1": 50.0, "transformers@1": 100.0}
+
+
+def test_results_are_written_as_a_markdown_table_json_and_a_plot(model_dir, tmp_path):
+    result = run_benchmark(model_dir, DATA, ["project@4", "project:frontier@4"], threads=1, fresh_process=False)
+    md, js, png = write_results(result, tmp_path / "out" / "speed")
+    assert json.loads(js.read_text()) == result
+    table = [line for line in md.read_text().splitlines() if line.startswith("| dynamic-tinybert")]
+    assert len(table) == 4
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_script_runs_each_system_in_its_own_process_and_reports_its_peak_rss(model_dir, tmp_path):
+    data = write_squad_file(DATA, tmp_path / "data.json")
+    output = tmp_path / "speed"
+    command = [sys.executable, "bench/speed.py", "--model", str(model_dir), "--data", str(data), "--limit", "5"]
+    command += ["--systems", "project@4", "--threads", "1", "--output", str(output)]
+    run = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "| dynamic-tinybert | fp32 | full | 4 |" in run.stdout
+    (row,) = json.loads(output.with_name("speed.json").read_text())["rows"]
+    assert row["peak_rss_mib"] > 0
+
+
+# --- the competitors ---------------------------------------------------------------------------------------------
+
+
+def test_the_transformers_pipeline_gives_the_project_answers_at_full_length(model_dir):
+    pytest.importorskip("transformers")
+    ours = answers_of(System("project", batch_size=4), model_dir)
+    assert answers_of(System("transformers", batch_size=4), model_dir) == ours
+    assert answers_of(System("transformers", batch_size=1), model_dir) == ours
+
+
+def test_onnx_runtime_gives_the_project_answers_at_full_length_from_a_cached_export(model_dir, tmp_path):
+    pytest.importorskip("optimum.onnxruntime")
+    exported = onnx_export(model_dir, tmp_path / "onnx")
+    assert onnx_export(model_dir, tmp_path / "onnx") == exported  # the same files: exported once
+    ours = answers_of(System("project", batch_size=4), model_dir)
+    assert answers_of(System("onnxruntime", batch_size=4), model_dir, exported) == ours
