@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from synthetic import synthetic_dataset, write_squad_file
 
-from dynamic_tinybert import LengthConfig, QuestionAnswerer
+from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli
 from dynamic_tinybert.benchmark import (
     INSTALL_HINT,
     System,
@@ -193,6 +193,23 @@ def test_the_script_runs_each_system_in_its_own_process_and_reports_its_peak_rss
     assert "| dynamic-tinybert | fp32 | full | 4 |" in run.stdout
     (row,) = json.loads(output.with_name("speed.json").read_text())["rows"]
     assert row["peak_rss_mib"] > 0
+
+
+def test_dtb_bench_prints_the_table_and_writes_the_results(model_dir, tmp_path, capsys):
+    data = write_squad_file(DATA, tmp_path / "data.json")
+    output = tmp_path / "speed"
+    argv = ["bench", "--model", str(model_dir), "--data", str(data), "--limit", "6", "--threads", "1"]
+    assert cli.main([*argv, "--systems", "project@4,project:frontier1@4", "--output", str(output)]) == 0
+    out = capsys.readouterr()
+    assert "| dynamic-tinybert | fp32 | full | 4 |" in out.out and "project@4: F1" in out.err
+    assert len(json.loads(output.with_name("speed.json").read_text())["rows"]) == 2
+
+
+def test_dtb_bench_with_a_bad_system_name_is_a_one_line_error(model_dir, tmp_path, capsys):
+    data = write_squad_file(DATA, tmp_path / "data.json")
+    assert cli.main(["bench", "--model", str(model_dir), "--data", str(data), "--systems", "tensorflow@1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "tensorflow" in err and len(err.strip().splitlines()) == 1
 
 
 # --- the competitors ---------------------------------------------------------------------------------------------

@@ -146,6 +146,7 @@ def build_parser() -> Parser:
 
     add_train_parsers(commands)
     add_search_parsers(commands)
+    add_bench_parser(commands)
 
     export = commands.add_parser("export", help="copy a model (e.g. a training checkpoint) into a release folder")
     add_model_args(export)
@@ -772,6 +773,52 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench", help="questions/s, F1, latency and peak memory beside the transformers pipeline and ONNX Runtime"
+    )
+    add_model_args(bench)
+    bench.add_argument("--data", type=Path, required=True, help="SQuAD file; every system answers the same questions")
+    bench.add_argument("--limit", type=int, default=500, help="only the first N questions (default 500)")
+    bench.add_argument(
+        "--systems",
+        type=lambda text: [name for name in text.split(",") if name.strip()],
+        help="comma-separated KIND[:OPTION...][@BATCH], e.g. project:frontier@32,project:int8@1,transformers@32 "
+        "(default: full length, every frontier point, bf16, int8, the pipeline and ONNX Runtime at batch 1 and 32)",
+    )
+    bench.add_argument("--max-answer-len", type=int, default=30, help="longest answer in tokens, for every system")
+    bench.add_argument("--output", type=Path, help="also write OUTPUT.md, OUTPUT.json and OUTPUT.png")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import markdown, run_benchmark, write_results
+
+    directory = checkpoint.resolve(required_model(args), args.revision)
+    dataset = load_squad(args.data, limit=args.limit)
+
+    def report(row: dict) -> None:
+        print(f"{row['system']}: F1 {row['f1']:.2f}, {row['questions_per_second']:.1f} questions/s", file=sys.stderr)
+
+    try:
+        result = run_benchmark(
+            directory,
+            dataset,
+            systems=args.systems,
+            threads=args.threads,
+            max_answer_len=args.max_answer_len,
+            progress=report,
+            data_label=args.data.name,
+        )
+    except ImportError as e:  # a competitor's packages are missing: the message names the extra
+        raise UsageError(f"dtb bench: {e}") from None
+    sys.stdout.write(json.dumps(result, indent=1) + "\n" if args.json else markdown(result))
+    if args.output is not None:
+        for path in write_results(result, args.output):
+            print(f"written to {path}", file=sys.stderr)
+    return 0
+
+
 def print_table(values: dict) -> None:
     width = max(len(k) for k in values)
     for key, value in values.items():
@@ -789,6 +836,7 @@ COMMANDS = {
     "search": cmd_search,
     "sweep": cmd_sweep,
     "calibrate": cmd_calibrate,
+    "bench": cmd_bench,
 }
 
 if __name__ == "__main__":
