@@ -111,24 +111,25 @@ class BertSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend over the real tokens in `mask` (B, T); return the attention scores only when asked for.
 
-        Scores are the pre-softmax logits (B, nh, T, T), padded keys at the dtype's minimum. The fused kernel
-        is used whenever nobody needs them (every non-dropping layer at inference).
+        Scores are the pre-softmax logits (B, nh, T, T) in fp32 (even when the projections run in bf16: they
+        decide which tokens survive), padded keys at the dtype's minimum. The fused kernel is used whenever
+        nobody needs them (every non-dropping layer at inference).
         """
         B, T, H = x.shape
         q, k, v = (
             proj(x).view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
             for proj in (self.query, self.key, self.value)
         )
-        key_mask = mask[:, None, None, :]  # (B, 1, 1, T)
+        key_mask = None if bool(mask.all()) else mask[:, None, None, :]  # (B, 1, 1, T); None: nothing to mask
         dropout = self.dropout_prob if self.training else 0.0
         if need_scores:
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, nh, T, T)
-            scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
-            context = F.dropout(scores.softmax(dim=-1), dropout, self.training) @ v
+            scores = ((q / math.sqrt(self.head_size)) @ k.transpose(-1, -2)).float()  # (B, nh, T, T)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+            context = F.dropout(scores.softmax(dim=-1), dropout, self.training).to(v.dtype) @ v
         else:
             scores = None
-            attn_mask = None if bool(mask.all()) else key_mask
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
         return context.transpose(1, 2).reshape(B, T, H), scores
 
 

@@ -2,9 +2,9 @@
 
 The encoder's Linear layers do almost all of the model's MACs. On CPUs with native bf16 (AVX512-BF16,
 AMX) a bf16 matmul runs several times faster than fp32; int8 dynamic quantisation (fbgemm) helps on
-CPUs without it. Everything else stays fp32: embeddings, the residual stream, LayerNorms, attention
-softmax, the significance scores that choose which tokens to keep, and the span head. So only the
-Linear layers' rounding changes the logits.
+CPUs without it. In bf16 the attention (queries, keys, values, the fused softmax(q k) v) and GELU run in
+bf16 too. Everything else stays fp32: embeddings, the residual stream, LayerNorms, the significance
+scores that choose which tokens to keep, and the span head.
 """
 
 from __future__ import annotations
@@ -16,22 +16,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import BertForQuestionAnswering
+from .model import BertForQuestionAnswering, BertOutput, BertSelfOutput
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class BFloat16Linear(nn.Module):
-    """A Linear layer whose weights are stored and multiplied in bf16; input and output keep their dtype."""
+    """A Linear layer whose weights are stored and multiplied in bf16; it returns `out_dtype` (fp32 by default)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, out_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
         bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.out_dtype = out_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(self.out_dtype)
 
 
 def precision_of(model: BertForQuestionAnswering) -> str:
@@ -63,7 +64,11 @@ def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQu
             model.bert.encoder = torch.ao.quantization.quantize_dynamic(encoder, {nn.Linear: qconfig}, torch.qint8)
         return model
     for parent in list(encoder.modules()):
+        # Outputs stay bf16 up to the residual stream: attention (its scores ranked in fp32) and GELU run in
+        # bf16 and the intermediate activations take half the memory; the two projections into the residual
+        # stream return fp32.
+        out_dtype = torch.float32 if isinstance(parent, BertSelfOutput | BertOutput) else torch.bfloat16
         for name, child in parent.named_children():
             if isinstance(child, nn.Linear):
-                setattr(parent, name, BFloat16Linear(child))
+                setattr(parent, name, BFloat16Linear(child, out_dtype))
     return model
