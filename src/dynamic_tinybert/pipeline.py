@@ -18,6 +18,7 @@ import torch
 from tokenizers import Tokenizer
 
 from . import checkpoint
+from .allocator import keep_freed_memory
 from .decoding import decode_answers
 from .features import Window, batches, make_windows, window_defaults
 from .frontier import BudgetError, Frontier, load_frontier
@@ -102,8 +103,10 @@ class QuestionAnswerer:
     ) -> QuestionAnswerer:
         """Load a checkpoint directory or Hugging Face Hub id (see `checkpoint.resolve`); None: the shipped model.
 
-        `precision` "bf16" or "int8" runs the encoder's Linear layers in that precision on CPU.
+        `precision` "bf16" or "int8" runs the encoder's Linear layers in that precision on CPU. On glibc the
+        process keeps freed memory for reuse (see `allocator`), which spares every call its page faults.
         """
+        keep_freed_memory()
         directory = checkpoint.resolve(path_or_id, revision)
         model = with_precision(checkpoint.load_model(directory).to(device), precision)
         return cls(model, checkpoint.load_tokenizer(directory), load_frontier(directory), **defaults)
