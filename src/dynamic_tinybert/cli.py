@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import checkpoint
+from . import benchmark, checkpoint
 from .checkpoint import CheckpointError
 from .cost import macs
 from .features import window_defaults
@@ -514,7 +514,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **result.summary(),
         "length_config": str(result.length_config or "full"),
         "precision": args.precision,
-        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "peak_rss_mib": round(benchmark.peak_rss_mib(), 1),
         "predictions": str(args.predictions),
     }
     if args.json:
@@ -765,14 +765,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
         "bench", help="questions/s, F1, latency and peak memory beside the transformers pipeline and ONNX Runtime"
@@ -792,8 +784,6 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmark import markdown, run_benchmark, write_results
-
     directory = checkpoint.resolve(required_model(args), args.revision)
     dataset = load_squad(args.data, limit=args.limit)
 
@@ -801,7 +791,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"{row['system']}: F1 {row['f1']:.2f}, {row['questions_per_second']:.1f} questions/s", file=sys.stderr)
 
     try:
-        result = run_benchmark(
+        result = benchmark.run_benchmark(
             directory,
             dataset,
             systems=args.systems,
@@ -812,9 +802,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     except ImportError as e:  # a competitor's packages are missing: the message names the extra
         raise UsageError(f"dtb bench: {e}") from None
-    sys.stdout.write(json.dumps(result, indent=1) + "\n" if args.json else markdown(result))
+    sys.stdout.write(json.dumps(result, indent=1) + "\n" if args.json else benchmark.markdown(result))
     if args.output is not None:
-        for path in write_results(result, args.output):
+        for path in benchmark.write_results(result, args.output):
             print(f"written to {path}", file=sys.stderr)
     return 0
 
