@@ -370,6 +370,35 @@ def test_info_table_shows_the_sparsity_and_its_pattern(dtb, sparse_base):
     assert rows["layer_sparsity"] == "0.8000 0.8000"
 
 
+def test_export_sparse_compresses_an_80_percent_sparse_model_and_loads_back_exactly(dtb, sparse_base, tmp_path):
+    model, directory = sparse_base
+    code, out, err = dtb("export", "--model", directory, "--output", tmp_path / "packed", "--fp16", "--sparse")
+    assert code == 0, err
+    packed = tmp_path / "packed" / checkpoint.SPARSE_SAFETENSORS
+    dense_fp16 = sum(v.numel() * 2 for v in model.state_dict().values())
+    assert packed.stat().st_size < 0.4 * dense_fp16
+    assert not (tmp_path / "packed" / checkpoint.SAFETENSORS).exists()
+    loaded = checkpoint.load_model(tmp_path / "packed")
+    expected = {k: v.half().float() for k, v in model.state_dict().items()}
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items())  # zeros stay exact
+
+
+def test_pack_sparse_leaves_matrices_with_fewer_than_half_zeros_dense():
+    half = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
+    mostly_full = torch.tensor([[0.0, 1.0], [3.0, 2.0]])
+    packed, shapes = checkpoint.pack_sparse({"half": half, "full": mostly_full, "bias": torch.zeros(4)})
+    assert shapes == {"half": [2, 2]}
+    assert set(packed) == {"half.nonzero_bits", "half.nonzero_values", "full", "bias"}
+    assert torch.equal(checkpoint.unpack_sparse(packed, shapes, "test")["half"], half)
+
+
+def test_a_sparse_checkpoint_whose_bitmask_and_values_disagree_is_refused(tmp_path):
+    packed, shapes = checkpoint.pack_sparse({"w": torch.tensor([[0.0, 1.0], [0.0, 2.0]])})
+    packed["w.nonzero_values"] = packed["w.nonzero_values"][:1]
+    with pytest.raises(checkpoint.CheckpointError, match="w: the bitmask does not match its 1 values"):
+        checkpoint.unpack_sparse(packed, shapes, "test")
+
+
 # --------------------------------------------------------------------------------------------------
 # The command line
 

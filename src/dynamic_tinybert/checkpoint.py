@@ -1,20 +1,22 @@
 """Hugging Face checkpoint layout: find it (directory or hub id), load it strictly, save it atomically.
 
-A checkpoint is `config.json`, weights (`model.safetensors`, possibly sharded, or `pytorch_model.bin`
-read with `weights_only=True`) and a WordPiece tokenizer (`tokenizer.json` or `vocab.txt`). Weight names
-follow `BertForQuestionAnswering`; bare `BertModel` checkpoints (no `bert.` prefix, no span head) load
-too, with a freshly initialised head. Every problem surfaces as one `CheckpointError` line.
+A checkpoint is `config.json`, weights (`model.safetensors`, possibly sharded, this project's compressed
+`model.sparse.safetensors`, or `pytorch_model.bin` read with `weights_only=True`) and a WordPiece
+tokenizer (`tokenizer.json` or `vocab.txt`). Weight names follow `BertForQuestionAnswering`; bare
+`BertModel` checkpoints (no `bert.` prefix, no span head) load too, with a freshly initialised head.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
@@ -26,6 +28,7 @@ from .model import BertConfig, BertForQuestionAnswering
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+SPARSE_SAFETENSORS = "model.sparse.safetensors"
 PICKLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 TOKENIZER = "tokenizer.json"
@@ -35,6 +38,9 @@ OPTIONAL_FILES = (TOKENIZER, VOCAB, TOKENIZER_CONFIG, "pareto.json")
 
 # The question-answering model this package ships: used when no model is named.
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "dynamic-minilm-l6-squad"
+
+# A compressed sparse weight W is stored as these two tensors: the bitmask of W != 0 and the nonzero values.
+NONZERO_BITS, NONZERO_VALUES = ".nonzero_bits", ".nonzero_values"
 
 # Weights a QA model does not use: the pretraining heads and the pooler.
 IGNORED_PREFIXES = ("bert.pooler.", "cls.", "bert.embeddings.position_ids")
@@ -83,10 +89,11 @@ def _download(repo_id: str, revision: str | None) -> Path:
         except ValueError as e:  # a malformed repo id
             raise CheckpointError(f"{repo_id}: neither a checkpoint directory nor a valid hub id ({e})") from None
 
-    directory = snapshot([CONFIG, SAFETENSORS, SAFETENSORS_INDEX, "model-*-of-*.safetensors", *OPTIONAL_FILES])
+    safetensors = [SAFETENSORS, SAFETENSORS_INDEX, "model-*-of-*.safetensors", SPARSE_SAFETENSORS]
+    directory = snapshot([CONFIG, *safetensors, *OPTIONAL_FILES])
     if not (directory / CONFIG).is_file():
         raise CheckpointError(f"{repo_id}: the hub repository has no {CONFIG}")
-    if not ((directory / SAFETENSORS).is_file() or (directory / SAFETENSORS_INDEX).is_file()):
+    if not any((directory / name).is_file() for name in (SAFETENSORS, SAFETENSORS_INDEX, SPARSE_SAFETENSORS)):
         directory = snapshot([CONFIG, PICKLE, PICKLE_INDEX, "pytorch_model-*-of-*.bin", *OPTIONAL_FILES])
     return directory
 
@@ -121,9 +128,11 @@ def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
             return state
     if (directory / SAFETENSORS).is_file():
         return _read_safetensors(directory / SAFETENSORS)
+    if (directory / SPARSE_SAFETENSORS).is_file():
+        return _read_sparse_safetensors(directory / SPARSE_SAFETENSORS)
     if (directory / PICKLE).is_file():
         return _read_pickle(directory / PICKLE)
-    raise CheckpointError(f"{directory}: no weights ({SAFETENSORS} or {PICKLE})")
+    raise CheckpointError(f"{directory}: no weights ({SAFETENSORS}, {SPARSE_SAFETENSORS} or {PICKLE})")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -133,6 +142,52 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(path)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: corrupt or not a safetensors file ({e})") from None
+
+
+def _read_sparse_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(path, "pt") as file:
+            shapes = json.loads((file.metadata() or {})["sparse_shapes"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt, or not a compressed sparse checkpoint ({e})") from None
+    return unpack_sparse(_read_safetensors(path), shapes, str(path))
+
+
+def pack_sparse(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Store each matrix that is at least half zeros as a bitmask of its nonzeros and their values.
+
+    At 80% sparsity an fp16 matrix takes 0.2 * 2 bytes of values plus 1/8 byte of mask per weight, 3.8x
+    less than dense. Returns the tensors to save and the shapes of the packed matrices.
+    """
+    packed, shapes = {}, {}
+    for name, tensor in state.items():
+        if tensor.dim() == 2 and int((tensor == 0).sum()) * 2 >= tensor.numel():
+            nonzero = (tensor != 0).flatten()
+            packed[name + NONZERO_BITS] = torch.from_numpy(np.packbits(nonzero.numpy()))
+            packed[name + NONZERO_VALUES] = tensor.flatten()[nonzero]
+            shapes[name] = list(tensor.shape)
+        else:
+            packed[name] = tensor
+    return packed, shapes
+
+
+def unpack_sparse(
+    packed: dict[str, torch.Tensor], shapes: dict[str, list[int]], source: str
+) -> dict[str, torch.Tensor]:
+    """The dense state dict of `pack_sparse`'s output: every pruned weight exactly zero again."""
+    state = {k: v for k, v in packed.items() if not k.endswith((NONZERO_BITS, NONZERO_VALUES))}
+    for name, shape in shapes.items():
+        bits, values = packed.get(name + NONZERO_BITS), packed.get(name + NONZERO_VALUES)
+        if bits is None or values is None:
+            raise CheckpointError(f"{source}: {name} is listed as sparse but its bitmask or values are missing")
+        numel = math.prod(shape)
+        nonzero = torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool))
+        if len(nonzero) != numel or int(nonzero.sum()) != values.numel():
+            raise CheckpointError(f"{source}: {name}: the bitmask does not match its {values.numel()} values")
+        dense = values.new_zeros(numel)
+        dense[nonzero] = values
+        state[name] = dense.view(shape)
+    return state
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -229,12 +284,23 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     directory: str | os.PathLike,
     dtype: torch.dtype = torch.float32,
+    sparse: bool = False,
 ) -> Path:
-    """Save in the Hugging Face layout (loadable by transformers too); each file is written atomically."""
+    """Save in the Hugging Face layout (loadable by transformers too); each file is written atomically.
+
+    `sparse` writes the weights compressed (`pack_sparse`) to model.sparse.safetensors instead, which only
+    this package reads; it loads back to the same dense weights.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    atomic_write(directory / SAFETENSORS, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    metadata = {"format": "pt"}
+    if sparse:
+        tensors, shapes = pack_sparse(tensors)
+        metadata["sparse_shapes"] = json.dumps(shapes)
+    weights, other = (SPARSE_SAFETENSORS, SAFETENSORS) if sparse else (SAFETENSORS, SPARSE_SAFETENSORS)
+    atomic_write(directory / weights, lambda p: save_file(tensors, p, metadata=metadata))
+    (directory / other).unlink(missing_ok=True)  # one set of weights per folder
     atomic_write_text(directory / CONFIG, json.dumps(model.config.to_dict(), indent=2))
     atomic_write(directory / TOKENIZER, lambda p: tokenizer.save(p))
     atomic_write_text(directory / VOCAB, "".join(f"{token}\n" for token in vocab_lines(tokenizer)))
