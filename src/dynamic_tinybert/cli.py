@@ -66,7 +66,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=os.environ.get(MODEL_ENV),
-        help=f"checkpoint directory or Hugging Face Hub id (default: ${MODEL_ENV})",
+        help=f"checkpoint directory or Hugging Face Hub id (default: ${MODEL_ENV}, else the shipped model)",
     )
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
