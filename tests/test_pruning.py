@@ -399,6 +399,13 @@ def test_a_sparse_checkpoint_whose_bitmask_and_values_disagree_is_refused(tmp_pa
         checkpoint.unpack_sparse(packed, shapes, "test")
 
 
+def test_a_sparse_checkpoint_whose_bitmask_is_too_short_for_its_matrix_is_refused():
+    packed, shapes = checkpoint.pack_sparse({"w": torch.zeros(4, 4).index_fill_(1, torch.tensor([0]), 1.0)})
+    packed["w.nonzero_bits"] = packed["w.nonzero_bits"][:1]
+    with pytest.raises(checkpoint.CheckpointError, match="w: a bitmask of 1 bytes for 16 weights"):
+        checkpoint.unpack_sparse(packed, shapes, "test")
+
+
 # --------------------------------------------------------------------------------------------------
 # The command line
 

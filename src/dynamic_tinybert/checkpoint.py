@@ -4,6 +4,7 @@ A checkpoint is `config.json`, weights (`model.safetensors`, possibly sharded, t
 `model.sparse.safetensors`, or `pytorch_model.bin` read with `weights_only=True`) and a WordPiece
 tokenizer (`tokenizer.json` or `vocab.txt`). Weight names follow `BertForQuestionAnswering`; bare
 `BertModel` checkpoints (no `bert.` prefix, no span head) load too, with a freshly initialised head.
+Every problem surfaces as one `CheckpointError` line.
 """
 
 from __future__ import annotations
@@ -148,9 +149,10 @@ def _read_sparse_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         with safe_open(path, "pt") as file:
             shapes = json.loads((file.metadata() or {})["sparse_shapes"])
+            packed = {name: file.get_tensor(name) for name in file.keys()}
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt, or not a compressed sparse checkpoint ({e})") from None
-    return unpack_sparse(_read_safetensors(path), shapes, str(path))
+    return unpack_sparse(packed, shapes, str(path))
 
 
 def pack_sparse(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
@@ -181,8 +183,10 @@ def unpack_sparse(
         if bits is None or values is None:
             raise CheckpointError(f"{source}: {name} is listed as sparse but its bitmask or values are missing")
         numel = math.prod(shape)
+        if bits.numel() != (numel + 7) // 8:  # unpackbits would pad a short mask with zeros
+            raise CheckpointError(f"{source}: {name}: a bitmask of {bits.numel()} bytes for {numel} weights")
         nonzero = torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool))
-        if len(nonzero) != numel or int(nonzero.sum()) != values.numel():
+        if int(nonzero.sum()) != values.numel():
             raise CheckpointError(f"{source}: {name}: the bitmask does not match its {values.numel()} values")
         dense = values.new_zeros(numel)
         dense[nonzero] = values
