@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dynamic_tinybert import QuestionAnswerer
-from dynamic_tinybert.fileio import atomic_write_text
+from dynamic_tinybert.fileio import write_report
 from dynamic_tinybert.latency import latency_ms
 from dynamic_tinybert.precision import PRECISIONS
 from dynamic_tinybert.squad import load_squad
@@ -93,8 +93,7 @@ def main() -> None:
     table = markdown(result)
     print(table)
     if args.output is not None:
-        atomic_write_text(args.output.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-        atomic_write_text(args.output.with_suffix(".md"), table)
+        write_report(args.output, table, result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ MKL, so 1x4 blocks can only go through CSR. Prints a table of medians and writes
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 import warnings
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamic_tinybert.allocator import keep_freed_memory
-from dynamic_tinybert.fileio import atomic_write_text
+from dynamic_tinybert.fileio import write_report
 from dynamic_tinybert.pruning import magnitude_mask
 
 SHAPES = {  # (out_features, in_features) of the encoder's Linear layers
@@ -123,10 +122,7 @@ def main() -> None:
     table = markdown(rows, args.threads)
     print(table)
     if args.output is not None:
-        atomic_write_text(
-            args.output.with_suffix(".json"), json.dumps({"threads": args.threads, "rows": rows}, indent=1)
-        )
-        atomic_write_text(args.output.with_suffix(".md"), table)
+        write_report(args.output, table, {"threads": args.threads, "rows": rows})
 
 
 if __name__ == "__main__":

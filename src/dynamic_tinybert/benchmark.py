@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import multiprocessing
 import os
 import platform
@@ -39,7 +38,7 @@ import torch
 
 from . import checkpoint
 from .features import make_windows, window_defaults
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write, write_report
 from .frontier import FILENAME as FRONTIER_FILE
 from .frontier import Frontier, load_frontier
 from .length_config import LengthConfig
@@ -528,10 +527,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
 
 def write_results(result: dict, output: str | os.PathLike) -> list[Path]:
     """OUTPUT.md, OUTPUT.json and OUTPUT.png, each written atomically; returns their paths."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    paths = [output.with_name(output.name + suffix) for suffix in (".md", ".json", ".png")]
-    atomic_write_text(paths[0], markdown(result))
-    atomic_write_text(paths[1], json.dumps(result, indent=1) + "\n")
-    plot(result, paths[2])
-    return paths
+    paths = write_report(output, markdown(result), result)
+    image = paths[0].with_suffix(".png")
+    plot(result, image)
+    return [*paths, image]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -26,6 +27,16 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> N
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     atomic_write(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_report(output: str | os.PathLike, table: str, data: object) -> list[Path]:
+    """OUTPUT.md (the table, for people) and OUTPUT.json (the numbers, for programs), each atomically."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = [output.with_name(output.name + suffix) for suffix in (".md", ".json")]
+    atomic_write_text(paths[0], table)
+    atomic_write_text(paths[1], json.dumps(data, indent=1) + "\n")
+    return paths
 
 
 def _new_file_mode() -> int:
