@@ -25,6 +25,7 @@ from dynamic_tinybert.frontier import (
     require_frontier,
     spread,
 )
+from dynamic_tinybert.latency import Latency
 
 from conftest import tiny_config
 
@@ -53,7 +54,10 @@ MID = point(0.55, 60.0, (0.8, 0.6, 0.4))
 TOP = point(0.8, 70.0, (1.0, 0.9, 0.7))
 FULL = point(1.0, 72.0, (1.0, 1.0, 1.0))
 FRONTIER = Frontier([CHEAP, MID, TOP], FULL, search={"method": "evolution", "seed": 0})
-TIMED = Frontier([CHEAP.with_latency(1.0, 8), MID, TOP.with_latency(3.0, 8)], FULL.with_latency(4.0, 8))
+TIMED = Frontier(
+    [CHEAP.with_latency(Latency(1.0, 20.0), 8), MID, TOP.with_latency(Latency(3.0, 20.0), 8)],
+    FULL.with_latency(Latency(4.0, 20.0), 8),
+)
 
 
 @pytest.fixture
@@ -107,11 +111,12 @@ def test_pareto_front_with_latency_as_the_cost():
 
 
 def test_point_round_trips_through_a_dict_with_latency_and_evaluations():
-    timed = CHEAP.with_latency(1.25, 16)
+    timed = CHEAP.with_latency(Latency(1.25, 150.5, 0.0125), 16)
     evaluated = replace(timed, evaluations={"dev-v1.1.json": {"f1": 38.5, "exact_match": 30.0}})
     data = json.loads(json.dumps(evaluated.to_dict()))
     assert Point.from_dict(data) == evaluated
     assert (data["latency_ms"], data["latency_batch_size"]) == (1.25, 16)
+    assert (data["latency_tokens"], data["latency_ms_per_token"]) == (150.5, 0.0125)
     assert "latency_ms" not in CHEAP.to_dict() and "evaluations" not in CHEAP.to_dict()
 
 
@@ -476,3 +481,45 @@ def test_spread_keeps_the_ends_and_points_nearest_to_even_costs():
 def test_spread_needs_room_for_both_ends(bad):
     with pytest.raises(ValueError, match="max_points must be >= 2"):
         spread([point(0.5, 60), point(1.0, 70)], bad)
+
+
+# --- latency that grows with length: a budget holds at the request's own length ------------------------------------
+
+# CHEAP costs 2 ms at any length; TOP 3 ms at 100 tokens per question and 0.02 ms more per token.
+BY_LENGTH = Frontier(
+    [CHEAP.with_latency(Latency(2.0, 100.0, 0.0), 1), TOP.with_latency(Latency(3.0, 100.0, 0.02), 1)],
+    FULL.with_latency(Latency(4.0, 100.0, 0.03), 1),
+)
+
+
+def test_a_point_predicts_its_latency_along_its_line_and_old_files_stay_flat():
+    top = BY_LENGTH.points[1]
+    assert top.latency_at(None) == 3.0 and top.latency_at(150) == pytest.approx(4.0)
+    assert top.latency_at(0) == pytest.approx(1.0)
+    written_before = {k: v for k, v in top.to_dict().items() if k not in ("latency_tokens", "latency_ms_per_token")}
+    flat = Point.from_dict(written_before)
+    assert flat.latency_at(150) == flat.latency_at(10) == 3.0  # a pareto.json written before lengths counted
+
+
+@pytest.mark.parametrize("tokens,expected", [(None, TOP), (100, TOP), (125, TOP), (151, CHEAP)])
+def test_choose_by_latency_predicts_at_the_requests_length(tokens, expected: Point):
+    assert BY_LENGTH.choose(latency_ms=3.5, tokens=tokens).length_config == expected.length_config
+
+
+def test_a_latency_below_every_point_at_this_length_names_the_length():
+    with pytest.raises(BudgetError, match=r"fastest frontier point \(2.00 ms per question of 400 tokens\)"):
+        BY_LENGTH.choose(latency_ms=1.5, tokens=400)
+
+
+def test_a_latency_budget_in_a_call_is_met_at_that_calls_length(tiny_checkpoint: Path):
+    BY_LENGTH.save(tiny_checkpoint)
+    qa = QuestionAnswerer.from_pretrained(tiny_checkpoint)
+    assert qa.options(latency_ms=3.5, tokens_per_question=80).length_config == TOP.length_config
+    assert qa.options(latency_ms=3.5, tokens_per_question=200).length_config == CHEAP.length_config
+    plain = QuestionAnswerer.from_pretrained(tiny_checkpoint)
+    short, long = CONTEXTS[0], " ".join([CONTEXTS[0]] * 8)  # about 20 and about 130 real tokens
+    assert plain.windows([QUESTIONS[0]], [long])[0].length > 125 > plain.windows([QUESTIONS[0]], [short])[0].length
+    for context, expected in ((short, TOP), (long, CHEAP)):
+        by_latency = qa(question=QUESTIONS[0], context=context, latency_ms=3.5, top_k=3)
+        explicit = plain(question=QUESTIONS[0], context=context, length_config=expected.length_config, top_k=3)
+        assert by_latency == explicit

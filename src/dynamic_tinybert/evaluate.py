@@ -126,8 +126,12 @@ def evaluate(
     """
     choice = {"length_config": length_config, "budget": options.pop("budget", None)}
     choice["latency_ms"] = options.pop("latency_ms", None)
-    length_config = qa.options(**{k: v for k, v in choice.items() if v is not None}).length_config
+    choice = {k: v for k, v in choice.items() if v is not None}
+    qa.options(**choice)  # a budget that cannot be met fails here, before the tokenisation
     started = time.perf_counter()
-    evaluation = Evaluator(qa, dataset, **options)(length_config, progress)
+    evaluator = Evaluator(qa, dataset, **options)
+    tokens_per_question = sum(evaluator.tokens) / len(dataset.questions)  # a latency budget holds at this length
+    length_config = qa.options(tokens_per_question=tokens_per_question, **choice).length_config
+    evaluation = evaluator(length_config, progress)
     evaluation.seconds = time.perf_counter() - started
     return evaluation

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .fileio import atomic_write_text
+from .latency import Latency
 from .length_config import LengthConfig
 
 FILENAME = "pareto.json"
@@ -37,8 +38,10 @@ class Point:
     macs_ratio: float  # of the full model's MACs on the same inputs
     keep_ratios: tuple[float, ...]  # mean fraction of each input's real tokens each layer keeps
     data: str  # what F1, EM and MACs were measured on
-    latency_ms: float | None = None  # per question, median of repeats, on the machine that searched
+    latency_ms: float | None = None  # per question, mean over the timed sample, where it was last measured
     latency_batch_size: int | None = None
+    latency_tokens: float | None = None  # the timed sample's mean real tokens per question
+    latency_ms_per_token: float = 0.0  # how latency grows with a question's length (0: not known)
     evaluations: dict[str, dict] = field(default_factory=dict)  # other data (e.g. dev) -> its metrics
 
     def to_dict(self) -> dict:
@@ -54,6 +57,9 @@ class Point:
         if self.latency_ms is not None:
             data["latency_ms"] = round(self.latency_ms, 4)
             data["latency_batch_size"] = self.latency_batch_size
+            if self.latency_tokens is not None:
+                data["latency_tokens"] = round(self.latency_tokens, 2)
+                data["latency_ms_per_token"] = round(self.latency_ms_per_token, 6)
         if self.evaluations:
             data["evaluations"] = self.evaluations
         return data
@@ -70,11 +76,27 @@ class Point:
             data=str(data["data"]),
             latency_ms=None if data.get("latency_ms") is None else float(data["latency_ms"]),
             latency_batch_size=data.get("latency_batch_size"),
+            latency_tokens=None if data.get("latency_tokens") is None else float(data["latency_tokens"]),
+            latency_ms_per_token=float(data.get("latency_ms_per_token", 0.0)),
             evaluations=dict(data.get("evaluations", {})),
         )
 
-    def with_latency(self, ms: float, batch_size: int) -> Point:
-        return replace(self, latency_ms=ms, latency_batch_size=batch_size)
+    def with_latency(self, latency: Latency, batch_size: int) -> Point:
+        return replace(
+            self,
+            latency_ms=latency.ms,
+            latency_batch_size=batch_size,
+            latency_tokens=latency.tokens,
+            latency_ms_per_token=latency.ms_per_token,
+        )
+
+    def latency_at(self, tokens: float | None) -> float | None:
+        """Predicted ms per question for questions of `tokens` real tokens; None: not measured."""
+        if self.latency_ms is None:
+            return None
+        if self.latency_tokens is None:
+            return self.latency_ms
+        return Latency(self.latency_ms, self.latency_tokens, self.latency_ms_per_token).at(tokens)
 
 
 def pareto_front(points: Iterable[Point], cost: Callable[[Point], float] = lambda p: p.macs_ratio) -> list[Point]:
@@ -117,8 +139,13 @@ class Frontier:
     baseline: list[Point] = field(default_factory=list)  # constant keep ratio per layer, for comparison
     search: dict = field(default_factory=dict)  # how it was found: method, seed, cost, evaluations, time
 
-    def choose(self, budget: float | None = None, latency_ms: float | None = None) -> Point:
-        """The most accurate point within `budget` (fraction of full MACs) or `latency_ms` (per question)."""
+    def choose(
+        self, budget: float | None = None, latency_ms: float | None = None, tokens: float | None = None
+    ) -> Point:
+        """The most accurate point within `budget` (fraction of full MACs) or `latency_ms` (per question).
+
+        A latency is predicted for questions of `tokens` real tokens each (None: as long as those timed).
+        """
         if (budget is None) == (latency_ms is None):
             raise BudgetError("give exactly one of budget (a fraction of the full model's MACs) or latency_ms")
         if budget is not None:
@@ -138,21 +165,22 @@ class Frontier:
                 raise BudgetError(
                     "the frontier has no measured latencies; run `dtb search --cost latency` on this machine"
                 )
-            fits = [p for p in timed if p.latency_ms <= latency_ms]
+            fits = [p for p in timed if p.latency_at(tokens) <= latency_ms]
             if not fits:
-                fastest = min(p.latency_ms for p in timed)
+                fastest = min(p.latency_at(tokens) for p in timed)
+                length = "" if tokens is None else f" of {tokens:.0f} tokens"
                 raise BudgetError(
-                    f"latency_ms {latency_ms} is below the fastest frontier point ({fastest:.2f} ms per question)"
+                    f"latency_ms {latency_ms} is below the fastest frontier point "
+                    f"({fastest:.2f} ms per question{length})"
                 )
         return max(fits, key=lambda p: p.f1)
 
-    def with_latencies(self, measure: Callable[[LengthConfig], float], batch_size: int) -> Frontier:
-        """The frontier with every point's latency (and the full model's) measured again by `measure`."""
-        return replace(
-            self,
-            points=[p.with_latency(measure(p.length_config), batch_size) for p in self.points],
-            full=self.full.with_latency(measure(self.full.length_config), batch_size),
-        )
+    def with_latencies(self, measure: Callable[[list[LengthConfig]], list[Latency]], batch_size: int) -> Frontier:
+        """The frontier with every point's latency (and the full model's) measured again, all in one `measure`."""
+        points = [*self.points, self.full]
+        latencies = measure([p.length_config for p in points])
+        timed = [p.with_latency(latency, batch_size) for p, latency in zip(points, latencies)]
+        return replace(self, points=timed[:-1], full=timed[-1])
 
     def to_dict(self) -> dict:
         return {

@@ -1,44 +1,88 @@
-"""Latency measured on this machine: milliseconds per question, end to end, median of repeats.
+"""Latency measured on this machine: milliseconds per question, end to end, and how it grows with length.
 
 MACs predict cost only roughly on a real CPU (argsorts, gathers and small matmuls do not run at peak),
 so a latency budget has to be checked against time measured here, for the batch size the caller uses.
+A question's cost also grows with its length (a 300-token context costs about twice a 150-token one), so
+each configuration gets a line, ms per question against real tokens per question, fitted over the sample;
+a budget then predicts a request's latency at the request's own length, not at the sample's mean.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .length_config import LengthConfig
-from .pipeline import QuestionAnswerer
+
+if TYPE_CHECKING:
+    from .pipeline import QuestionAnswerer
 
 
-def latency_ms(
+@dataclass(frozen=True)
+class Latency:
+    """What one length configuration was measured to cost here, per question."""
+
+    ms: float  # mean ms per question over the sample, i.e. at `tokens` real tokens per question
+    tokens: float  # mean real tokens per question (all its windows) of the sample
+    ms_per_token: float = 0.0  # slope of the line fitted over the sample's questions; never negative
+
+    def at(self, tokens: float | None) -> float:
+        """Predicted ms per question for questions of `tokens` real tokens (None: the sample's mean)."""
+        if tokens is None:
+            return self.ms
+        return max(0.0, self.ms + self.ms_per_token * (tokens - self.tokens))
+
+
+def measure_latencies(
     qa: QuestionAnswerer,
     questions: Sequence[str],
     contexts: Sequence[str],
-    length_config: LengthConfig | None = None,
+    length_configs: Sequence[LengthConfig | None],
     batch_size: int = 1,
     repeats: int = 3,
-) -> float:
-    """Median over `repeats` of the wall time per question of answering all pairs (tokenise, model, decode).
+) -> list[Latency]:
+    """The latency of each configuration on these pairs (tokenise, model, decode), at this batch size.
 
-    One untimed run first warms caches and the allocator. At batch size 1 this is the latency one user
-    sees; at larger batch sizes, the inverse of throughput.
+    The pairs go in chunks of `batch_size` (at 1, one call per question, as a service answers single
+    requests). Every chunk runs under every configuration in turn, so that a slow spell of the machine
+    falls on all configurations alike instead of on whichever happened to be measured then; one untimed
+    pass first warms caches and the allocator. Each (configuration, chunk) keeps its median of `repeats`.
     """
     if not questions:
         raise ValueError("latency needs at least one question")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    qa.run(questions, contexts, length_config=length_config, batch_size=batch_size)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        if batch_size == 1:  # one call per question, as a service answers single requests
-            for question, context in zip(questions, contexts, strict=True):
-                qa.run([question], [context], length_config=length_config, batch_size=1)
-        else:
-            qa.run(questions, contexts, length_config=length_config, batch_size=batch_size)
-        times.append(time.perf_counter() - started)
-    return 1000.0 * statistics.median(times) / len(questions)
+    if len(questions) != len(contexts):
+        raise ValueError(f"got {len(questions)} questions but {len(contexts)} contexts")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    chunks = [
+        (list(questions[i : i + batch_size]), list(contexts[i : i + batch_size]))
+        for i in range(0, len(questions), batch_size)
+    ]
+    tokens = np.array([sum(w.length for w in qa.windows(q, c)) / len(q) for q, c in chunks])
+    ms = np.zeros((repeats, len(length_configs), len(chunks)))
+    for repeat in range(-1, repeats):  # -1: the warm-up pass
+        for j, (chunk_questions, chunk_contexts) in enumerate(chunks):
+            for i, config in enumerate(length_configs):
+                started = time.perf_counter()
+                qa.run(chunk_questions, chunk_contexts, length_config=config, batch_size=batch_size)
+                if repeat >= 0:
+                    ms[repeat, i, j] = 1000.0 * (time.perf_counter() - started) / len(chunk_questions)
+    per_chunk = np.median(ms, axis=0)
+    return [fit_latency(tokens, row) for row in per_chunk]
+
+
+def fit_latency(tokens: np.ndarray, ms: np.ndarray) -> Latency:
+    """The least-squares line of ms per question against tokens per question, slope clamped at 0.
+
+    The line goes through the means, so `Latency.ms` is the sample's mean whatever the slope; a sample
+    whose questions all have one length says nothing about the slope, which is then 0.
+    """
+    spread = float(np.var(tokens))
+    slope = float(np.cov(tokens, ms, bias=True)[0, 1] / spread) if spread > 0 else 0.0
+    return Latency(ms=float(np.mean(ms)), tokens=float(np.mean(tokens)), ms_per_token=max(0.0, slope))

@@ -22,6 +22,7 @@ from .allocator import keep_freed_memory
 from .decoding import decode_answers
 from .features import Window, batches, make_windows, window_defaults
 from .frontier import BudgetError, Frontier, load_frontier
+from .latency import measure_latencies
 from .length_config import LengthConfig
 from .model import BertForQuestionAnswering
 from .precision import with_precision
@@ -152,7 +153,8 @@ class QuestionAnswerer:
         **options,
     ) -> list[list[dict]]:
         """The answers of each context from windows that `windows` made of it, best first."""
-        opts = self.options(**options)
+        tokens_per_question = sum(w.length for w in windows) / max(1, len(contexts))
+        opts = self.options(tokens_per_question=tokens_per_question, **options)
         start_logits, end_logits = self.logits(windows, opts.length_config, opts.batch_size, progress)
         per_example: list[list[int]] = [[] for _ in contexts]
         for i, window in enumerate(windows):
@@ -199,14 +201,19 @@ class QuestionAnswerer:
                 progress(len(batch.windows))
         return start_logits, end_logits
 
-    def length_config_for(self, budget: float | None = None, latency_ms: float | None = None) -> LengthConfig:
-        """The most accurate configuration of the model's frontier within a MACs fraction or a latency."""
+    def length_config_for(
+        self, budget: float | None = None, latency_ms: float | None = None, tokens: float | None = None
+    ) -> LengthConfig:
+        """The most accurate configuration of the model's frontier within a MACs fraction or a latency.
+
+        A latency is predicted for questions of `tokens` real tokens (None: as long as the calibration's).
+        """
         if self.frontier is None:
             raise BudgetError(
                 "this model has no accuracy/cost frontier (pareto.json) to choose a budget from; "
                 "run `dtb search` on it first"
             )
-        return self.frontier.choose(budget=budget, latency_ms=latency_ms).length_config
+        return self.frontier.choose(budget=budget, latency_ms=latency_ms, tokens=tokens).length_config
 
     def calibrate(
         self, questions: Sequence[str], contexts: Sequence[str], batch_size: int = 1, repeats: int = 3
@@ -214,32 +221,32 @@ class QuestionAnswerer:
         """Measure every frontier point's latency on this machine, so that `latency_ms` budgets hold here.
 
         Latencies in `pareto.json` were measured where the search ran; this replaces them (in memory; the
-        caller may save the returned frontier) with ms per question on these inputs at this batch size.
+        caller may save the returned frontier) with ms per question on these inputs at this batch size, and
+        how that grows per token. Give questions of varied lengths: the slope is fitted across them.
         """
-        from .latency import latency_ms
-
         if self.frontier is None:
             raise BudgetError("this model has no accuracy/cost frontier (pareto.json) to calibrate")
         self.frontier = self.frontier.with_latencies(
-            lambda config: latency_ms(self, questions, contexts, config, batch_size, repeats), batch_size
+            lambda configs: measure_latencies(self, questions, contexts, configs, batch_size, repeats), batch_size
         )
         return self.frontier
 
-    def options(self, **options) -> AnswerOptions:
+    def options(self, tokens_per_question: float | None = None, **options) -> AnswerOptions:
         """The options a call with these would run with: over the defaults, checked, a budget resolved.
 
         A call's length choice (length_config, budget or latency_ms, even None) replaces the default one.
+        A latency budget is met for questions of `tokens_per_question` real tokens (None: typical ones).
         """
         if options.keys() & {"length_config", "budget", "latency_ms"}:
             options = {"length_config": None, "budget": None, "latency_ms": None, **options}
-        return self._resolve(replace(self.defaults, **options))
+        return self._resolve(replace(self.defaults, **options), tokens_per_question)
 
-    def _resolve(self, opts: AnswerOptions) -> AnswerOptions:
+    def _resolve(self, opts: AnswerOptions, tokens_per_question: float | None = None) -> AnswerOptions:
         """Fill in model-dependent defaults, turn a budget into a length config, check against the model."""
         config = self.model.config
         opts = opts.resolved(config.max_position_embeddings)
         if opts.budget is not None or opts.latency_ms is not None:
-            chosen = self.length_config_for(budget=opts.budget, latency_ms=opts.latency_ms)
+            chosen = self.length_config_for(opts.budget, opts.latency_ms, tokens_per_question)
             opts = replace(opts, length_config=chosen, budget=None, latency_ms=None)
         if opts.max_seq_len > config.max_position_embeddings:
             raise ValueError(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..evaluate import Evaluator
 from ..frontier import Point, pareto_front
-from ..latency import latency_ms
+from ..latency import measure_latencies
 from ..length_config import LengthConfig
 from .space import SearchSpace
 
@@ -97,15 +97,15 @@ class Candidates:
     def with_latency(self, point: Point) -> Point:
         """The point with its latency measured on this machine."""
         questions, contexts = self.latency_sample
-        ms = latency_ms(
+        (latency,) = measure_latencies(
             self.evaluator.qa,
             questions,
             contexts,
-            point.length_config,
+            [point.length_config],
             self.latency_batch_size,
             self.latency_repeats,
         )
-        return point.with_latency(ms, self.latency_batch_size)
+        return point.with_latency(latency, self.latency_batch_size)
 
     def frontier(self) -> list[Point]:
         return pareto_front(self.points.values(), cost=self.cost)
