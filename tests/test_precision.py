@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli
+from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli, precision
 from dynamic_tinybert.precision import BFloat16Linear, precision_of, with_precision
 
 from conftest import tiny_model
@@ -104,3 +104,19 @@ def test_dtb_eval_reports_precision_and_peak_memory(tiny_checkpoint, tmp_path, c
     assert cli.main([*args, "--precision", "bf16", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["precision"] == "bf16" and summary["peak_rss_mib"] > 10
+
+
+def test_bf16_on_a_cpu_that_emulates_it_warns_that_fp32_is_faster(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16.*use fp32"):
+        with_precision(tiny_model(), "bf16")
+
+
+def test_bf16_on_a_cpu_with_native_bf16_says_nothing(monkeypatch, recwarn):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    with_precision(tiny_model(), "bf16")
+    assert not [w for w in recwarn if "bf16" in str(w.message)]
+
+
+def test_the_native_bf16_probe_answers_a_bool():
+    assert isinstance(precision.cpu_has_native_bf16(), bool)

@@ -21,6 +21,24 @@ from .model import BertForQuestionAnswering, BertOutput, BertSelfOutput
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively here (AVX512-BF16 or AMX) rather than emulating them."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe: assume yes, as torch itself does
+        return True
+
+
+def warn_if_bf16_is_emulated(what: str) -> None:
+    """bf16 on a CPU without it (AVX2 only, e.g. many AMD EPYC) runs several times slower than fp32: say so."""
+    if not cpu_has_native_bf16():
+        warnings.warn(
+            f"{what}: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated and runs several "
+            "times slower than fp32; use fp32 (or int8 for inference)",
+            stacklevel=3,
+        )
+
+
 class BFloat16Linear(nn.Module):
     """A Linear layer whose weights are stored and multiplied in bf16; it returns `out_dtype` (fp32 by default)."""
 
@@ -53,6 +71,8 @@ def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQu
         return model
     if next(model.parameters()).device.type != "cpu":
         raise ValueError(f"precision {precision!r} is for CPU inference; on a GPU, cast the model with .to(dtype)")
+    if precision == "bf16":
+        warn_if_bf16_is_emulated("precision bf16")
     model = copy.deepcopy(model).eval()
     encoder = model.bert.encoder
     if precision == "int8":

@@ -30,6 +30,7 @@ from ..evaluate import evaluate
 from ..fileio import atomic_write_text
 from ..model import BertForQuestionAnswering
 from ..pipeline import QuestionAnswerer
+from ..precision import warn_if_bf16_is_emulated
 from ..pruning import Pruner, PruningSchedule
 from ..squad import SquadDataset
 from .data import Features, epoch_batches, iterate
@@ -78,6 +79,8 @@ class TrainSettings:
 
     def autocast(self, device: torch.device):
         """Mixed precision for the forward passes: master weights, optimiser and losses stay fp32."""
+        if device.type == "cpu" and self.uses_bf16("cpu"):
+            warn_if_bf16_is_emulated("training precision bf16")
         return torch.autocast(device.type, dtype=torch.bfloat16) if self.uses_bf16(device.type) else nullcontext()
 
 
