@@ -1,4 +1,4 @@
-"""Does 1x4 block sparsity pay off on this CPU? Dense against sparse kernels for one encoder Linear layer.
+"""Does 1x4 block sparsity pay off on this CPU? Dense against sparse kernels, per Linear layer and whole model.
 
 For the Linear shapes of MiniLM-L6-H384 and BERT-base, with 80% and 90% of the weight pruned in 1x4 blocks
 (4 consecutive output rows sharing one input column, as Prune Once for All prunes), times y = x W^T + b for
@@ -6,7 +6,11 @@ a single question's window (170 tokens) and a batch of 32 of them, with each ker
 dense fp32, dense bf16, and the weight as CSR (MKL sparse) in fp32. Block-sparse BSR needs square blocks in
 MKL, so 1x4 blocks can only go through CSR. Prints a table of medians and writes JSON.
 
+With `--model` (a pruned checkpoint), also the whole model end to end on SQuAD dev questions, one call per
+question and batches of 32: its encoder Linear layers dense fp32, as CSR, and int8 for comparison.
+
     python bench/sparse_linear.py --threads 2 --output bench/results/sparse-linear
+    python bench/sparse_linear.py --threads 2 --model runs/pruned80/model --output bench/results/sparse-model
 """
 
 from __future__ import annotations
@@ -19,10 +23,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from dynamic_tinybert import QuestionAnswerer
 from dynamic_tinybert.allocator import keep_freed_memory
 from dynamic_tinybert.fileio import write_report
-from dynamic_tinybert.pruning import magnitude_mask
+from dynamic_tinybert.latency import measure_latencies
+from dynamic_tinybert.precision import with_precision
+from dynamic_tinybert.pruning import encoder_linears, magnitude_mask, sparsity_report
+from dynamic_tinybert.squad import load_squad
+
+SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 
 SHAPES = {  # (out_features, in_features) of the encoder's Linear layers
     "MiniLM-L6-H384 attention (384x384)": (384, 384),
@@ -86,6 +97,83 @@ def measure(tokens: list[int], sparsities: list[float], repeats: int) -> list[di
     return rows
 
 
+class CSRLinear(nn.Module):
+    """A pruned Linear layer whose weight is stored and multiplied as CSR (MKL sparse on CPU)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            self.weight = linear.weight.detach().to_sparse_csr()
+        self.bias = linear.bias.detach()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        return torch.addmm(self.bias, self.weight, flat.T).T.reshape(*x.shape[:-1], -1)
+
+
+def with_csr_linears(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose encoder Linear layers run as CSR."""
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    for name in encoder_linears(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, CSRLinear(getattr(parent, child)))
+    return model
+
+
+def measure_model(model_dir: Path, questions: int, repeats: int) -> dict:
+    """Whole model, end to end per question: dense fp32 against CSR (and int8) encoder Linear layers."""
+    dense = QuestionAnswerer.from_pretrained(model_dir, max_answer_len=30)
+    report = sparsity_report(dense.model)
+    variants = {
+        "dense fp32": dense,
+        "CSR fp32": QuestionAnswerer(with_csr_linears(dense.model), dense.tokenizer, max_answer_len=30),
+        "dense int8": QuestionAnswerer(with_precision(dense.model, "int8"), dense.tokenizer, max_answer_len=30),
+    }
+    sample = load_squad(SQUAD_DEV, limit=questions).questions
+    texts = [q.question for q in sample], [q.context for q in sample]
+    windows = dense.windows(*texts)
+    expected = dense.logits(windows, None, 32)[0]
+    csr_logits = variants["CSR fp32"].logits(windows, None, 32)[0]
+    difference = max(float(abs(a - b).max()) for a, b in zip(expected, csr_logits))
+    assert difference < 1e-3, f"CSR logits differ from dense by {difference}"
+    rows = []
+    for batch_size in (1, 32):
+        for kernel, qa in variants.items():
+            (latency,) = measure_latencies(qa, *texts, [None], batch_size, repeats)
+            rows.append({"kernel": kernel, "batch_size": batch_size, "ms_per_question": round(latency.ms, 3)})
+            print(rows[-1], flush=True)
+    return {
+        "model": str(model_dir),
+        "sparsity": round(report["overall"], 4),
+        "pattern": report["pattern"],
+        "questions": f"{SQUAD_DEV.name} first {questions}, {len(windows)} windows",
+        "max_logit_difference_csr_vs_dense": difference,
+        "rows": rows,
+    }
+
+
+def model_markdown(result: dict) -> str:
+    lines = [
+        f"## Whole model: {result['model']} ({result['sparsity']:.1%} sparse, {result['pattern']})",
+        "",
+        f"End to end (tokenise, model, decode) on {result['questions']}; median of repeats per question; CSR "
+        f"logits within {result['max_logit_difference_csr_vs_dense']:.1e} of dense.",
+        "",
+        "| batch size | encoder Linear layers | ms per question | speed-up vs dense fp32 |",
+        "|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        base = next(b["ms_per_question"] for b in result["rows"] if b["batch_size"] == r["batch_size"])
+        lines.append(
+            f"| {r['batch_size']} | {r['kernel']} | {r['ms_per_question']:.2f} | {base / r['ms_per_question']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], threads: int) -> str:
     kernels_ = list(dict.fromkeys(r["kernel"] for r in rows))
     lines = [
@@ -113,16 +201,22 @@ def main() -> None:
     parser.add_argument("--tokens", type=lambda s: [int(v) for v in s.split(",")], default=[170, 32 * 170])
     parser.add_argument("--sparsities", type=lambda s: [float(v) for v in s.split(",")], default=[0.8, 0.9])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--model", type=Path, help="a pruned checkpoint: time the whole model instead")
+    parser.add_argument("--questions", type=int, default=100, help="with --model: dev questions timed")
     parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     with torch.inference_mode():
-        rows = measure(args.tokens, args.sparsities, args.repeats)
-    table = markdown(rows, args.threads)
+        if args.model is not None:
+            result = {"threads": args.threads, **measure_model(args.model, args.questions, min(args.repeats, 5))}
+            table = model_markdown(result)
+        else:
+            result = {"threads": args.threads, "rows": measure(args.tokens, args.sparsities, args.repeats)}
+            table = markdown(result["rows"], args.threads)
     print(table)
     if args.output is not None:
-        write_report(args.output, table, {"threads": args.threads, "rows": rows})
+        write_report(args.output, table, result)
 
 
 if __name__ == "__main__":
