@@ -1,10 +1,11 @@
 """SQuAD v1.1 dev results of a model and every point of its frontier, beside the published numbers.
 
-For the full model and each point of the model's `pareto.json`: EM and F1 on all dev questions, mean MACs
-per question, MACs as a fraction of the full model on the same inputs at their real length (the honest
-ratio), MACs as a fraction of the full model at 384 padded tokens per window (the ratio LAT and Intel
-report, which also credits dropping padding), and questions/s end to end on this machine (tokenisation
-once per run, model and decoding). Writes a markdown table and JSON.
+For the full model and each point of the model's `pareto.json` (if it has one): EM and F1 on all dev
+questions, mean MACs per question, MACs as a fraction of the full model on the same inputs at their real
+length (the honest ratio), MACs as a fraction of the full model at 384 padded tokens per window (the ratio
+LAT and Intel report, which also credits dropping padding), and questions/s end to end on this machine
+(tokenisation once per run, model and decoding); for a pruned model, how sparse its encoder is.
+Writes a markdown table and JSON.
 
     python bench/squad_dev.py --model M --output bench/results/squad-dev
 """
@@ -23,8 +24,9 @@ from dynamic_tinybert import QuestionAnswerer
 from dynamic_tinybert.cost import macs
 from dynamic_tinybert.evaluate import Evaluator
 from dynamic_tinybert.fileio import write_report
-from dynamic_tinybert.frontier import require_frontier
+from dynamic_tinybert.frontier import load_frontier
 from dynamic_tinybert.precision import PRECISIONS
+from dynamic_tinybert.pruning import sparsity_report
 from dynamic_tinybert.squad import load_squad
 
 SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
@@ -43,25 +45,27 @@ PUBLISHED = [
 
 def measure(model: Path, data: Path, limit: int | None, batch_size: int, precision: str) -> dict:
     qa = QuestionAnswerer.from_pretrained(model, precision=precision, max_answer_len=30, batch_size=batch_size)
-    frontier = require_frontier(model)
+    frontier = load_frontier(model)
     dataset = load_squad(data, limit=limit)
     started = time.perf_counter()
     evaluator = Evaluator(qa, dataset)
     tokenise_seconds = time.perf_counter() - started
     padded_full = len(evaluator.windows) * macs(qa.model.config, 384) / len(dataset.questions)
     rows = []
-    points = [("full", frontier.full), *((f"frontier {i}", p) for i, p in enumerate(frontier.points))]
+    points = [("full", None)]
+    if frontier is not None:
+        points += [(f"frontier {i}", p) for i, p in enumerate(frontier.points)]
     for name, point in points:
-        config = None if name == "full" else point.length_config
+        config = None if point is None else point.length_config
         evaluation = evaluator(config)
         seconds = evaluation.seconds + tokenise_seconds
         rows.append(
             {
                 "point": name,
-                "length_config": str(point.length_config),
+                "length_config": "full length" if config is None else str(config),
                 "em": round(evaluation.exact_match, 2),
                 "f1": round(evaluation.f1, 2),
-                "search_f1": round(point.f1, 2),
+                "search_f1": None if point is None else round(point.f1, 2),
                 "mean_macs": round(evaluation.mean_macs),
                 "macs_ratio": round(evaluation.macs_ratio, 4),
                 "macs_ratio_vs_padded_384": round(evaluation.mean_macs / padded_full, 4),
@@ -69,14 +73,28 @@ def measure(model: Path, data: Path, limit: int | None, batch_size: int, precisi
             }
         )
         print(json.dumps(rows[-1]), flush=True)
+    sparsity = sparsity_report(qa.model) if precision == "fp32" else None  # int8/bf16 copies hide the zeros
     return {
         "model": str(model),
+        "sparsity": None
+        if sparsity is None
+        else {"overall": round(sparsity["overall"], 4), "pattern": sparsity["pattern"]},
         "data": f"{data.name} ({len(dataset.questions)} questions, {len(evaluator.windows)} windows)",
-        "search": frontier.search,
+        "search": None if frontier is None else frontier.search,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}, {precision}, batch {batch_size}",
         "rows": rows,
     }
+
+
+def searched(result: dict) -> str:
+    """Where the frontier came from, and how sparse the encoder is, for the table's header."""
+    sparsity = result.get("sparsity")
+    text = "" if not sparsity else f"Encoder Linear weights {sparsity['overall']:.1%} zero ({sparsity['pattern']}). "
+    search = result["search"]
+    if search is None:
+        return text + "The model has no frontier: full length only."
+    return text + f"The frontier was searched on {search.get('data', '?')} ({search.get('method', '?')}), not on dev."
 
 
 def markdown(result: dict) -> str:
@@ -84,8 +102,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"# SQuAD v1.1 dev: {result['model']}",
         "",
-        f"Measured on {result['data']}; {result['machine']}. The frontier was searched on "
-        f"{result['search'].get('data', '?')} ({result['search'].get('method', '?')}), not on dev.",
+        f"Measured on {result['data']}; {result['machine']}. " + searched(result),
         "",
         "| point | length config | EM | F1 | ΔF1 | GMACs/question | MACs ratio (real length) "
         "| MACs ratio vs padded 384 (LAT/Intel count) | questions/s |",
