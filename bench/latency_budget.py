@@ -2,9 +2,10 @@
 
 `QuestionAnswerer.calibrate` measures every frontier point's milliseconds per question on this machine and
 how they grow per token; a `latency_ms` budget then picks the most accurate point predicted to fit at the
-request's length. This script calibrates on the first `--calibrate` dev questions, then measures every
-frontier point (and the full model) on the next `--questions` ones (other texts, other lengths) and reports
-how far the prediction at their length was off. Prints a table and writes JSON.
+request's length. This script calibrates on `--calibrate` dev questions spread over the file (as `dtb
+calibrate` samples), then measures every frontier point (and the full model) on `--questions` other ones
+spread the same way (other texts, other lengths) and reports how far the prediction at their length was off.
+Prints a table and writes JSON.
 
     python bench/latency_budget.py --model M --precision bf16 --threads 2 --output bench/results/latency-budget
 """
@@ -20,7 +21,7 @@ import torch
 
 from dynamic_tinybert import QuestionAnswerer
 from dynamic_tinybert.fileio import write_report
-from dynamic_tinybert.latency import measure_latencies
+from dynamic_tinybert.latency import evenly_spaced, measure_latencies
 from dynamic_tinybert.precision import PRECISIONS
 from dynamic_tinybert.squad import load_squad
 
@@ -31,8 +32,10 @@ def measure(
     model: str | None, data: Path, precision: str, batch_size: int, calibrate: int, questions: int, repeats: int
 ) -> dict:
     qa = QuestionAnswerer.from_pretrained(model, precision=precision, max_answer_len=30)
-    sample = load_squad(data, limit=calibrate + questions).questions
-    calibration, held_out = sample[:calibrate], sample[calibrate:]
+    every = load_squad(data).questions
+    calibration = evenly_spaced(every, calibrate)  # spread over the file: many articles, many lengths
+    chosen = {q.id for q in calibration}
+    held_out = evenly_spaced([q for q in every if q.id not in chosen], questions)
     frontier = qa.calibrate([q.question for q in calibration], [q.context for q in calibration], batch_size, repeats)
     points = [*frontier.points, frontier.full]
     measured = measure_latencies(
@@ -63,8 +66,9 @@ def measure(
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {precision}",
         "batch_size": batch_size,
         "repeats": repeats,
-        "calibrated_on": f"{data.name} questions 1-{calibrate}, {frontier.full.latency_tokens:.1f} tokens/question",
-        "measured_on": f"{data.name} questions {calibrate + 1}-{calibrate + questions}, "
+        "calibrated_on": f"{data.name}: {calibrate} questions spread evenly over the file, "
+        f"{frontier.full.latency_tokens:.1f} tokens/question",
+        "measured_on": f"{data.name}: {questions} other questions spread evenly over it, "
         f"{measured[-1].tokens:.1f} tokens/question",
         "rows": rows,
         "max_abs_error": max(abs(r["error"]) for r in rows),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer
-from dynamic_tinybert.latency import Latency, fit_latency, measure_latencies
+from dynamic_tinybert.latency import Latency, evenly_spaced, fit_latency, measure_latencies
 
 
 def test_the_fit_recovers_a_line_and_goes_through_the_means():
@@ -56,3 +56,11 @@ def test_bad_arguments_are_named(tiny_checkpoint: Path, kwargs: dict, message: s
     arguments = dict(questions=["who ?"], contexts=["alice ."], length_configs=[None]) | kwargs
     with pytest.raises(ValueError, match=message):
         measure_latencies(qa, **arguments)
+
+
+def test_an_evenly_spaced_sample_spans_the_whole_sequence():
+    assert evenly_spaced(list(range(100)), 4) == [0, 25, 50, 75]
+    assert evenly_spaced(list(range(10)), 3) == [0, 3, 6]
+    assert evenly_spaced([1, 2], 5) == [1, 2]
+    with pytest.raises(ValueError, match="count must be >= 1, got 0"):
+        evenly_spaced([1, 2], 0)

@@ -391,8 +391,10 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
 
     calibrate = commands.add_parser("calibrate", help="measure the frontier's latencies on this machine")
     add_model_args(calibrate)
-    calibrate.add_argument("--data", type=Path, required=True, help="SQuAD file whose first questions are timed")
-    calibrate.add_argument("--limit", type=int, default=32, help="questions to time (default 32)")
+    calibrate.add_argument("--data", type=Path, required=True, help="SQuAD file whose questions are timed")
+    calibrate.add_argument(
+        "--limit", type=int, default=32, help="questions to time, spread evenly over the file (default 32)"
+    )
     calibrate.add_argument("--batch-size", type=int, default=1, help="batch size the latencies hold for")
     calibrate.add_argument("--repeats", type=int, default=3, help="timed runs per point; the median counts")
     calibrate.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -712,6 +714,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .latency import evenly_spaced
     from .pipeline import QuestionAnswerer
 
     directory = checkpoint.resolve(required_model(args), args.revision)
@@ -719,7 +722,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     qa = QuestionAnswerer.from_pretrained(directory, precision=args.precision)
     if qa.frontier is None:
         raise UsageError(f"dtb calibrate: {directory} has no frontier (pareto.json); run `dtb search` first")
-    sample = load_squad(args.data, limit=args.limit).questions
+    sample = evenly_spaced(load_squad(args.data).questions, args.limit)
     frontier = qa.calibrate([q.question for q in sample], [q.context for q in sample], args.batch_size, args.repeats)
     frontier.search["calibrated"] = {
         "questions": len(sample),

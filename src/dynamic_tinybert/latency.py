@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from .length_config import LengthConfig
 
 if TYPE_CHECKING:
     from .pipeline import QuestionAnswerer
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,3 +88,16 @@ def fit_latency(tokens: np.ndarray, ms: np.ndarray) -> Latency:
     spread = float(np.var(tokens))
     slope = float(np.cov(tokens, ms, bias=True)[0, 1] / spread) if spread > 0 else 0.0
     return Latency(ms=float(np.mean(ms)), tokens=float(np.mean(tokens)), ms_per_token=max(0.0, slope))
+
+
+def evenly_spaced(items: Sequence[T], count: int) -> list[T]:
+    """`count` items spread evenly over `items` (all of them if there are fewer).
+
+    A calibration sample should span the lengths requests come in: the first questions of a SQuAD file
+    share an article and its few paragraph lengths, which fixes neither the line's level nor its slope.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    if count >= len(items):
+        return list(items)
+    return [items[k * len(items) // count] for k in range(count)]
