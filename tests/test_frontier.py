@@ -523,3 +523,15 @@ def test_a_latency_budget_in_a_call_is_met_at_that_calls_length(tiny_checkpoint:
         by_latency = qa(question=QUESTIONS[0], context=context, latency_ms=3.5, top_k=3)
         explicit = plain(question=QUESTIONS[0], context=context, length_config=expected.length_config, top_k=3)
         assert by_latency == explicit
+
+
+def test_a_default_latency_budget_is_checked_against_each_requests_length(tiny_checkpoint: Path):
+    BY_LENGTH.save(tiny_checkpoint)
+    qa = QuestionAnswerer.from_pretrained(tiny_checkpoint, latency_ms=1.5)  # only TOP fits, under 25 tokens
+    plain = QuestionAnswerer.from_pretrained(tiny_checkpoint)
+    short = CONTEXTS[0]
+    assert qa(question=QUESTIONS[0], context=short) == plain(
+        question=QUESTIONS[0], context=short, length_config=TOP.length_config
+    )
+    with pytest.raises(BudgetError, match=r"fastest frontier point \(2.00 ms per question of \d+ tokens\)"):
+        qa(question=QUESTIONS[0], context=" ".join([short] * 8))

@@ -127,7 +127,7 @@ def evaluate(
     choice = {"length_config": length_config, "budget": options.pop("budget", None)}
     choice["latency_ms"] = options.pop("latency_ms", None)
     choice = {k: v for k, v in choice.items() if v is not None}
-    qa.options(**choice)  # a budget that cannot be met fails here, before the tokenisation
+    qa.options(tokens_per_question=0.0, **choice)  # a budget no question could meet fails before tokenising
     started = time.perf_counter()
     evaluator = Evaluator(qa, dataset, **options)
     tokens_per_question = sum(evaluator.tokens) / len(dataset.questions)  # a latency budget holds at this length

@@ -91,7 +91,8 @@ class QuestionAnswerer:
         self.frontier = frontier
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self.defaults = AnswerOptions(**defaults)
-        self._resolve(self.defaults)  # fail at construction, not at the first call
+        # fail at construction, not at the first call; a latency budget only if no request could meet it
+        self._resolve(self.defaults, tokens_per_question=0.0)
 
     @classmethod
     def from_pretrained(
@@ -140,7 +141,7 @@ class QuestionAnswerer:
     def windows(self, questions: Sequence[str], contexts: Sequence[str], **options) -> list[Window]:
         """Tokenise every pair into model windows: done once, then `answer` under any length config."""
         _check_texts(questions, contexts)
-        opts = self.options(**options)
+        opts = self.options(tokens_per_question=0.0, **options)  # the length config is chosen in `answer`
         return make_windows(
             self.tokenizer, questions, contexts, opts.max_seq_len, opts.doc_stride, opts.max_question_len
         )
