@@ -16,6 +16,7 @@ question and batches of 32: its encoder Linear layers dense fp32, as CSR, and in
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import time
 import warnings
@@ -114,8 +115,6 @@ class CSRLinear(nn.Module):
 
 def with_csr_linears(model: nn.Module) -> nn.Module:
     """A copy of `model` whose encoder Linear layers run as CSR."""
-    import copy
-
     model = copy.deepcopy(model).eval()
     for name in encoder_linears(model):
         parent_name, _, child = name.rpartition(".")

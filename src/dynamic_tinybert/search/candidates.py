@@ -91,21 +91,21 @@ class Candidates:
             data=self.data_name,
         )
         if self.cost_name == "latency":
-            point = self.with_latency(point)
+            (point,) = self.with_latencies([point])
         return point
 
-    def with_latency(self, point: Point) -> Point:
-        """The point with its latency measured on this machine."""
+    def with_latencies(self, points: list[Point]) -> list[Point]:
+        """The points with their latencies measured on this machine, side by side in one measurement."""
         questions, contexts = self.latency_sample
-        (latency,) = measure_latencies(
+        latencies = measure_latencies(
             self.evaluator.qa,
             questions,
             contexts,
-            [point.length_config],
+            [p.length_config for p in points],
             self.latency_batch_size,
             self.latency_repeats,
         )
-        return point.with_latency(latency, self.latency_batch_size)
+        return [p.with_latency(latency, self.latency_batch_size) for p, latency in zip(points, latencies)]
 
     def frontier(self) -> list[Point]:
         return pareto_front(self.points.values(), cost=self.cost)

@@ -113,8 +113,9 @@ def search(
     if settings.max_points is not None:
         frontier = spread(frontier, settings.max_points, candidates.cost)
     if settings.cost == "macs":  # so that a latency budget can choose among them too
-        for config in {p.length_config for p in frontier} | {full_config}:
-            candidates.add(candidates.with_latency(candidates.points[config]))
+        configs = {p.length_config for p in frontier} | {full_config}
+        for point in candidates.with_latencies([candidates.points[config] for config in configs]):
+            candidates.add(point)
         frontier = [candidates.points[p.length_config] for p in frontier]
     full = candidates.points[full_config]
     for name, data in (eval_sets or {}).items():
@@ -179,4 +180,4 @@ def sweep(
         progress=progress,
     )
     points = [candidates.evaluate(LengthConfig.constant_ratio(r, num_layers), "sweep") for r in ratios]
-    return [candidates.with_latency(p) for p in points] if latency_batch_size else points
+    return candidates.with_latencies(points) if latency_batch_size else points
