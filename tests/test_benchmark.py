@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from synthetic import synthetic_dataset, write_squad_file
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli
@@ -62,7 +63,15 @@ def answers_of(system: System, model_dir: Path, onnx_dir: Path | None = None) ->
 
 def test_system_names_give_kind_precision_batch_size_and_frontier_points():
     systems = parse_systems(
-        ["project", "project:int8@1", "project:frontier@8", "project:frontier1:bf16", "transformers@1"], FRONTIER
+        [
+            "project",
+            "project:int8@1",
+            "project:frontier@8",
+            "project:frontier1:bf16",
+            "transformers@1",
+            "transformers:bf16@64",
+        ],
+        FRONTIER,
     )
     assert [s.name for s in systems] == [
         "project@32",
@@ -72,7 +81,9 @@ def test_system_names_give_kind_precision_batch_size_and_frontier_points():
         "project:frontier2@8",
         "project:frontier1:bf16@32",
         "transformers@1",
+        "transformers:bf16@64",
     ]
+    assert systems[-1].precision == "bf16"
     assert systems[3].length_config == FRONTIER.points[1].length_config
     assert parse_systems([s.name for s in systems], FRONTIER) == systems
 
@@ -84,7 +95,9 @@ def test_system_names_give_kind_precision_batch_size_and_frontier_points():
         ("project:fp16", "project options"),
         ("project:int8:bf16", "project options"),
         ("project:frontier3", "points 0 to 2"),
-        ("transformers:int8", "takes no options"),
+        ("transformers:int8", "a precision"),
+        ("transformers:bf16:fp32", "a precision"),
+        ("onnxruntime:bf16", "takes no options"),
         ("onnxruntime@0", "batch size must be >= 1"),
     ],
 )
@@ -109,6 +122,22 @@ def test_missing_bench_packages_are_named_with_the_extra_to_install(monkeypatch)
 def test_bad_settings_are_one_line_errors(model_dir, kwargs, message):
     with pytest.raises(ValueError, match=message):
         run_benchmark(model_dir, DATA, systems=["project"], fresh_process=False, **kwargs)
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu"])
+def test_an_unknown_device_is_a_one_line_error(model_dir, device):
+    with pytest.raises(ValueError, match="device must be cpu or cuda"):
+        run_benchmark(model_dir, DATA, systems=["project"], fresh_process=False, device=device)
+
+
+def test_a_gpu_run_needs_a_gpu_and_refuses_the_cpu_only_systems(model_dir, monkeypatch):
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            run_benchmark(model_dir, DATA, systems=["project:bf16"], fresh_process=False, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # refused before anything touches the GPU
+    for name in ("onnxruntime@1", "project:int8@32"):
+        with pytest.raises(ValueError, match=f"{name}.*CPU only"):
+            run_benchmark(model_dir, DATA, systems=["project:bf16", name], fresh_process=False, device="cuda")
 
 
 def test_no_questions_is_an_error(model_dir):
@@ -172,6 +201,17 @@ def test_the_summary_compares_the_fastest_project_system_within_the_tolerance_wi
     assert result["best_transformers"]["system"] == "transformers@32"
     assert result["speedup"] == 5.0
     assert result["p50_ms_batch_1"] == {"project@1": 50.0, "transformers@1": 100.0}
+
+
+def test_without_an_fp32_row_the_summary_measures_from_the_full_length_bf16_row():
+    rows = [
+        dict(system="project:bf16@256", kind="project", precision="bf16", length_config="full", f1=80.0,
+             questions_per_second=900.0, p50_ms=None),
+        dict(system="transformers:bf16@256", kind="transformers", precision="bf16", length_config="full", f1=80.0,
+             questions_per_second=300.0, p50_ms=None),
+    ]  # fmt: skip
+    result = summary(rows)
+    assert result["full_length_f1"] == 80.0 and result["speedup"] == 3.0
 
 
 def test_results_are_written_as_a_markdown_table_json_and_a_plot(model_dir, tmp_path):

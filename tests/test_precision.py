@@ -33,6 +33,16 @@ def test_fp32_is_the_model_itself():
     assert with_precision(model, "fp32") is model
 
 
+def test_bf16_off_the_cpu_casts_a_copy_of_the_whole_model_and_int8_is_refused():
+    model = tiny_model().to("meta")  # stands in for a GPU: any device but the CPU
+    cast = with_precision(model, "bf16")
+    assert all(p.dtype == torch.bfloat16 for p in cast.parameters()) and not cast.training
+    assert precision_of(cast) == "bf16"
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is left alone
+    with pytest.raises(ValueError, match="int8.*CPU only"):
+        with_precision(model, "int8")
+
+
 def test_bf16_replaces_every_encoder_linear_and_leaves_the_rest_fp32():
     model = tiny_model()
     fast = with_precision(model, "bf16")

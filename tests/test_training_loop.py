@@ -751,3 +751,32 @@ def test_torchrun_two_processes_train_with_gloo(run_files, tmp_path):
     assert entries[-1]["epoch"] == 2.0 and entries[-1]["lr"] == 0.0
     printed = json_objects(done.stdout)  # every rank prints its result; unbuffered, the lines may run together
     assert 1 <= len(printed) <= 2 and all(p["model"] == str(out / "model") for p in printed)
+
+
+def test_the_length_drop_bench_trains_each_variant_from_one_start_and_scores_every_config(tiny_checkpoint, tmp_path):
+    train = write_squad_file(synthetic_dataset(40, seed=1), tmp_path / "train.json")
+    dev = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")
+    output = tmp_path / "length-drop"
+    command = [sys.executable, "bench/length_drop.py", "--model", str(tiny_checkpoint), "--data", str(train)]
+    command += ["--eval-data", str(dev), "--train-questions", "40", "--eval-questions", "8", "--steps", "2"]
+    command += ["--batch-size", "4", "--variants", "start,span,lengthdrop", "--output", str(output)]
+    run = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(output.with_suffix(".json").read_text())
+    variants = result["variants"]
+    assert list(variants) == ["start", "span", "lengthdrop"]
+    assert "train_seconds" not in variants["start"]  # the untrained reference
+    assert all(variants[v]["train_seconds"] > 0 and variants[v]["loss"] for v in ("span", "lengthdrop"))
+    for entry in variants.values():
+        assert list(entry["scores"]) == list(result["configs"])
+        assert entry["scores"]["full"]["macs_ratio"] == 1.0
+        assert all(0 < s["macs_ratio"] < 1 for name, s in entry["scores"].items() if name != "full")
+    assert "| lengthdrop |" in output.with_suffix(".md").read_text()
+
+
+def test_the_length_drop_bench_names_an_unknown_variant(tmp_path):
+    command = [sys.executable, "bench/length_drop.py", "--data", "x", "--eval-data", "y", "--output", str(tmp_path)]
+    run = subprocess.run(
+        [*command, "--variants", "span,dropout"], cwd=Path(__file__).parents[1], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and "unknown dropout" in run.stderr

@@ -64,6 +64,15 @@ DEFAULT_SYSTEMS = (
     "onnxruntime@1",
     "onnxruntime@32",
 )
+# On a GPU: bf16 weights, single questions and large batches (ONNX Runtime and int8 are CPU systems here).
+GPU_DEFAULT_SYSTEMS = (
+    "project:bf16@1",
+    "project:bf16@256",
+    "project:frontier:bf16@256",
+    "transformers:bf16@1",
+    "transformers:bf16@64",
+    "transformers:bf16@256",
+)
 INSTALL_HINT = 'pip install -e ".[bench]"'
 _NEEDS = {"transformers": ("transformers",), "onnxruntime": ("transformers", "optimum.onnxruntime", "onnxruntime")}
 _SYSTEM_RE = re.compile(r"(?P<kind>[a-z]+)(?P<options>(:[a-z0-9]+)*)(@(?P<batch>\d+))?")
@@ -75,7 +84,7 @@ class System:
 
     kind: str
     batch_size: int = 32
-    precision: str = "fp32"
+    precision: str = "fp32"  # the project: fp32, bf16 or int8; the transformers pipeline: fp32 or bf16
     length_config: LengthConfig | None = None
     point: int | None = None  # index into the model's frontier (cheapest first); None: full length
 
@@ -93,7 +102,8 @@ def parse_systems(names: Sequence[str], frontier: Frontier | None) -> list[Syste
 
     KIND is project, transformers or onnxruntime. The project's options: a precision (fp32, bf16, int8),
     `full` (the default), `frontier` (one system per point of the model's pareto.json) or `frontierN`
-    (point N only, cheapest first).
+    (point N only, cheapest first). The transformers pipeline takes a precision, fp32 or bf16 (its weights
+    cast, as `dtype=torch.bfloat16` does); ONNX Runtime none.
     """
     systems: list[System] = []
     for name in names:
@@ -106,10 +116,15 @@ def parse_systems(names: Sequence[str], frontier: Frontier | None) -> list[Syste
         batch_size = int(match["batch"] or 32)
         if batch_size < 1:
             raise ValueError(f"system {name!r}: the batch size must be >= 1")
-        if kind != "project":
+        if kind == "onnxruntime":
             if options:
                 raise ValueError(f"system {name!r}: {kind} takes no options, only a batch size (@N)")
             systems.append(System(kind, batch_size))
+            continue
+        if kind == "transformers":
+            if options not in ([], ["fp32"], ["bf16"]):
+                raise ValueError(f"system {name!r}: {kind} takes one option, a precision (fp32 or bf16)")
+            systems.append(System(kind, batch_size, *options))
             continue
         precisions = [o for o in options if o in PRECISIONS]
         lengths = [o for o in options if o not in PRECISIONS]
@@ -157,8 +172,9 @@ class Workload:
     contexts: list[str]
     options: dict  # max_answer_len, max_seq_len, doc_stride, max_question_len, handle_impossible_answer
     threads: int
-    warmup: int  # untimed questions answered first
+    warmup: int  # untimed questions answered first (at least one full batch)
     onnx_dir: Path | None = None  # the exported model, for the onnxruntime systems
+    device: str = "cpu"  # where the project and the transformers pipeline run; ONNX Runtime: the CPU only
 
 
 Answer = Callable[[list[str], list[str]], list[str]]
@@ -171,6 +187,7 @@ def build(system: System, work: Workload) -> Answer:
 
         qa = QuestionAnswerer.from_pretrained(
             work.model_dir,
+            device=work.device,
             precision=system.precision,
             length_config=system.length_config,
             batch_size=system.batch_size,
@@ -184,7 +201,11 @@ def build(system: System, work: Workload) -> Answer:
 
     if system.kind == "transformers":
         pipeline = transformers.pipeline(
-            "question-answering", model=str(work.model_dir), tokenizer=str(work.model_dir), device="cpu"
+            "question-answering",
+            model=str(work.model_dir),
+            tokenizer=str(work.model_dir),
+            device=work.device,
+            dtype=torch.bfloat16 if system.precision == "bf16" else torch.float32,
         )
     else:
         import onnxruntime
@@ -205,13 +226,20 @@ def build(system: System, work: Workload) -> Answer:
 
 
 def measure(system: System, work: Workload) -> dict:
-    """Build the system, warm it up, then time it on every question: answers, seconds, latencies, peak RSS."""
+    """Build the system, warm it up, then time it on every question: answers, seconds, latencies, peak memory.
+
+    Answers are texts, so every call ends with its results back on the host: GPU time is counted in full.
+    """
     torch.set_num_threads(work.threads)
+    on_gpu = torch.device(work.device).type == "cuda"
     started = time.perf_counter()
     answer = build(system, work)
     build_seconds = time.perf_counter() - started
     one_at_a_time = system.batch_size == 1
-    _answer_all(answer, work.questions[: work.warmup], work.contexts[: work.warmup], one_at_a_time)
+    warmup = max(work.warmup, system.batch_size)  # every kernel and buffer of a full batch is ready
+    _answer_all(answer, work.questions[:warmup], work.contexts[:warmup], one_at_a_time)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     answers, call_seconds = _answer_all(answer, work.questions, work.contexts, one_at_a_time)
     return {
         "answers": answers,
@@ -219,6 +247,7 @@ def measure(system: System, work: Workload) -> dict:
         "seconds": sum(call_seconds),
         "latencies_ms": [1000 * s for s in call_seconds] if one_at_a_time else None,
         "peak_rss_mib": peak_rss_mib(),
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
     }
 
 
@@ -304,6 +333,7 @@ def run_benchmark(
     fresh_process: bool = True,
     progress: Callable[[dict], None] | None = None,
     data_label: str = "SQuAD",
+    device: str = "cpu",
 ) -> dict:
     """Measure every system on the questions of `dataset`; returns the results as a JSON-ready dict.
 
@@ -312,7 +342,8 @@ def run_benchmark(
     (default: torch's current count) goes to torch, ONNX Runtime's intra-op pool and the tokenizers. Without
     `fresh_process` all systems run in this process: quicker, but their peak RSS is not their own (None).
     `progress(row)` is told each system's row as it finishes. `f1_tolerance` sets the summary's
-    "within this many F1 points of full length"; `data_label` names the data in the table.
+    "within this many F1 points of full length"; `data_label` names the data in the table. `device` ("cpu",
+    "cuda", "cuda:1") is where the project and the transformers pipeline run.
     """
     if not dataset.questions:
         raise ValueError("the benchmark data has no questions")
@@ -321,11 +352,17 @@ def run_benchmark(
         raise ValueError(f"threads must be >= 1 and warmup >= 0, got {threads} and {warmup}")
     directory = checkpoint.resolve(model)
     frontier = load_frontier(directory)
+    on_gpu = check_device(device)
     if systems is None:
-        systems = [name for name in DEFAULT_SYSTEMS if frontier is not None or ":frontier" not in name]
+        defaults = GPU_DEFAULT_SYSTEMS if on_gpu else DEFAULT_SYSTEMS
+        systems = [name for name in defaults if frontier is not None or ":frontier" not in name]
     parsed = parse_systems(systems, frontier)
     if not parsed:
         raise ValueError("no systems to measure")
+    if on_gpu:
+        for system in parsed:
+            if system.kind == "onnxruntime" or system.precision == "int8":
+                raise ValueError(f"system {system.name!r} runs on the CPU only; drop it from a --device {device} run")
     check_dependencies(parsed)
 
     config = checkpoint.load_config(directory)
@@ -352,9 +389,10 @@ def run_benchmark(
         },
         "options": options,
         "threads": threads,
+        "device": device,
         "warmup_questions": warmup,
         "fresh_process_per_system": fresh_process,
-        "machine": machine(),
+        "machine": machine(device),
         "versions": versions(),
         "rows": [],
     }
@@ -366,7 +404,7 @@ def run_benchmark(
         onnx_dir = _call(onnx_export, (directory, cache), fresh_process)
         result["onnx_export"] = {"path": str(onnx_dir), "seconds": round(time.perf_counter() - started, 2)}
 
-    work = Workload(directory, questions, contexts, options, threads, warmup, onnx_dir)
+    work = Workload(directory, questions, contexts, options, threads, warmup, onnx_dir, device)
     for system in parsed:
         measured = _call(_measure_alone if fresh_process else measure, (system, work), fresh_process)
         predictions = dict(zip((q.id for q in dataset.questions), measured["answers"], strict=True))
@@ -386,6 +424,7 @@ def run_benchmark(
             "p50_ms": None if latencies is None else round(float(np.percentile(latencies, 50)), 2),
             "p90_ms": None if latencies is None else round(float(np.percentile(latencies, 90)), 2),
             "peak_rss_mib": round(measured["peak_rss_mib"], 1) if fresh_process else None,
+            "peak_gpu_mib": None if measured["peak_gpu_mib"] is None else round(measured["peak_gpu_mib"], 1),
             "build_seconds": round(measured["build_seconds"], 2),
         }
         result["rows"].append(row)
@@ -404,10 +443,14 @@ def run_benchmark(
 
 
 def summary(rows: list[dict], f1_tolerance: float = 1.0) -> dict:
-    """The headline: the fastest project system within `f1_tolerance` F1 of full length (fp32) against the
-    fastest transformers pipeline, and single-question p50 latencies."""
+    """The headline: the fastest project system within `f1_tolerance` F1 of full length (fp32, else bf16)
+    against the fastest transformers pipeline, and single-question p50 latencies."""
     out: dict = {"f1_tolerance": f1_tolerance}
-    full = [r for r in rows if r["kind"] == "project" and r["length_config"] == "full" and r["precision"] == "fp32"]
+    # the reference: the project at full length, in fp32 where it ran (on a GPU it may run in bf16 only)
+    full = sorted(
+        (r for r in rows if r["kind"] == "project" and r["length_config"] == "full" and r["precision"] != "int8"),
+        key=lambda r: r["precision"] != "fp32",
+    )
     if full:
         out["full_length_f1"] = full[0]["f1"]
         within = [r for r in rows if r["kind"] == "project" and r["f1"] >= full[0]["f1"] - f1_tolerance]
@@ -424,13 +467,29 @@ def summary(rows: list[dict], f1_tolerance: float = 1.0) -> dict:
     return out
 
 
-def machine() -> dict:
-    return {
+def check_device(device: str) -> bool:
+    """Whether `device` is a GPU; a one-line error for a device this torch cannot use."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda (cuda:N for one of several GPUs), got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch sees no CUDA GPU")
+    return kind == "cuda"
+
+
+def machine(device: str = "cpu") -> dict:
+    found = {
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
+    if torch.device(device).type == "cuda":
+        found["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return found
 
 
 def versions() -> dict:
@@ -448,18 +507,21 @@ def markdown(result: dict) -> str:
     """The results as a markdown table, with the headline beneath it."""
     data, options = result["data"], result["options"]
     installed = ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v)
+    on_gpu = "gpu" in result["machine"]
+    gpu = f"On {result['machine']['gpu']} ({result['device']}); " if on_gpu else ""
     lines = [
         f"# Question answering speed: {result['model']}",
         "",
         f"{data['questions']} questions of {data['label']} ({data['windows']} windows, median context "
         f"{data['median_context_tokens']:g} tokens), end to end: tokenisation, model and decoding. "
-        f"{result['threads']} thread(s) on {result['machine']['cpu']} ({result['machine']['cpu_capability']}); "
-        f"max_answer_len {options['max_answer_len']}, max_seq_len {options['max_seq_len']}, doc_stride "
-        f"{options['doc_stride']}. Build time (loading, ONNX session) is not counted. {installed}.",
+        f"{gpu}{result['threads']} CPU thread(s) on {result['machine']['cpu']} "
+        f"({result['machine']['cpu_capability']}); max_answer_len {options['max_answer_len']}, max_seq_len "
+        f"{options['max_seq_len']}, doc_stride {options['doc_stride']}. Build time (loading, ONNX session) is not "
+        f"counted. {installed}.",
         "",
         "| system | precision | length config | batch | F1 | EM | questions/s | × transformers "
-        "| p50 ms | p90 ms | peak RSS MiB | build s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| p50 ms | p90 ms | peak RSS MiB |{' peak GPU MiB |' if on_gpu else ''} build s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if on_gpu else "") + "---|",
     ]
     dash = lambda value, spec="": "-" if value is None else format(value, spec)  # noqa: E731
     for r in result["rows"]:
@@ -467,7 +529,8 @@ def markdown(result: dict) -> str:
             f"| {KINDS[r['kind']]} | {r['precision']} | {r['length_config']} | {r['batch_size']} | {r['f1']:.2f} "
             f"| {r['em']:.2f} | {r['questions_per_second']:.1f} | {dash(r['ratio_to_transformers'], '.2f')} "
             f"| {dash(r['p50_ms'], '.1f')} | {dash(r['p90_ms'], '.1f')} | {dash(r['peak_rss_mib'], '.0f')} "
-            f"| {r['build_seconds']:.1f} |"
+            + (f"| {dash(r['peak_gpu_mib'], '.0f')} " if on_gpu else "")
+            + f"| {r['build_seconds']:.1f} |"
         )
     s = result["summary"]
     if "speedup" in s:

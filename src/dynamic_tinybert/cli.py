@@ -790,6 +790,11 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         "(default: full length, every frontier point, bf16, int8, the pipeline and ONNX Runtime at batch 1 and 32)",
     )
     bench.add_argument("--max-answer-len", type=int, default=30, help="longest answer in tokens, for every system")
+    bench.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda: the project and the pipeline on the GPU (default systems there: bf16, batch 1 and 256)",
+    )
     bench.add_argument("--output", type=Path, help="also write OUTPUT.md, OUTPUT.json and OUTPUT.png")
     bench.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
 
@@ -810,6 +815,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             max_answer_len=args.max_answer_len,
             progress=report,
             data_label=args.data.name,
+            device=args.device,
         )
     except ImportError as e:  # a competitor's packages are missing: the message names the extra
         raise UsageError(f"dtb bench: {e}") from None

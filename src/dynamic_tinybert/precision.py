@@ -1,5 +1,7 @@
 """Lower-precision encoder Linear layers for CPU inference: bf16 weights, or int8 dynamic quantisation.
 
+(On a GPU, bf16 is simply the whole model cast to bf16; int8 is CPU-only.)
+
 The encoder's Linear layers do almost all of the model's MACs. On CPUs with native bf16 (AVX512-BF16,
 AMX) a bf16 matmul runs several times faster than fp32; int8 dynamic quantisation (fbgemm) helps on
 CPUs without it. In bf16 the attention (queries, keys, values, the fused softmax(q k) v) and GELU run in
@@ -55,6 +57,8 @@ class BFloat16Linear(nn.Module):
 
 def precision_of(model: BertForQuestionAnswering) -> str:
     """Which precision the encoder's Linear layers run in (what `with_precision` made of the model)."""
+    if next(model.parameters()).dtype == torch.bfloat16:
+        return "bf16"  # cast whole, as on a GPU
     for module in model.bert.encoder.modules():
         if isinstance(module, BFloat16Linear):
             return "bf16"
@@ -70,7 +74,9 @@ def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQu
     if precision == "fp32":
         return model
     if next(model.parameters()).device.type != "cpu":
-        raise ValueError(f"precision {precision!r} is for CPU inference; on a GPU, cast the model with .to(dtype)")
+        if precision == "int8":
+            raise ValueError("precision 'int8' (dynamic quantisation, fbgemm) runs on the CPU only; on a GPU use bf16")
+        return copy.deepcopy(model).to(torch.bfloat16).eval()  # GPUs run bf16 natively: every weight in bf16
     if precision == "bf16":
         warn_if_bf16_is_emulated("precision bf16")
     model = copy.deepcopy(model).eval()
