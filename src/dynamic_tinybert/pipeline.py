@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
@@ -183,9 +184,13 @@ class QuestionAnswerer:
         batch_size: int,
         progress: Callable[[int], None] | None = None,
     ) -> tuple[list, list]:
-        """Start and end logits (numpy, one array per window, unpadded) in window order."""
-        start_logits: list = [None] * len(windows)
-        end_logits: list = [None] * len(windows)
+        """Start and end logits (numpy, one array per window, unpadded) in window order.
+
+        They are written into one array allocated up front: small arrays kept from every batch would pin
+        the heap between the batches' large freed activations, and memory would grow with every batch.
+        """
+        longest = max((w.length for w in windows), default=0)
+        logits = np.zeros((2, len(windows), longest), dtype=np.float32)  # start, end
         index = {id(w): i for i, w in enumerate(windows)}
         for batch in batches(windows, batch_size, self.pad_id):
             out = self.model(
@@ -194,13 +199,15 @@ class QuestionAnswerer:
                 batch.token_type_ids.to(self.device),
                 length_config=length_config,
             )
-            starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-            for row, window in enumerate(batch.windows):
-                i = index[id(window)]
-                start_logits[i], end_logits[i] = starts[row, : window.length], ends[row, : window.length]
+            both = torch.stack([out.start_logits, out.end_logits]).float().cpu().numpy()  # (2, B, T)
+            rows = [index[id(window)] for window in batch.windows]
+            logits[:, rows, : both.shape[2]] = both
             if progress is not None:
                 progress(len(batch.windows))
-        return start_logits, end_logits
+        return (
+            [logits[0, i, : w.length] for i, w in enumerate(windows)],
+            [logits[1, i, : w.length] for i, w in enumerate(windows)],
+        )
 
     def length_config_for(
         self, budget: float | None = None, latency_ms: float | None = None, tokens: float | None = None
