@@ -239,7 +239,7 @@ def measure(system: System, work: Workload) -> dict:
     warmup = max(work.warmup, system.batch_size)  # every kernel and buffer of a full batch is ready
     _answer_all(answer, work.questions[:warmup], work.contexts[:warmup], one_at_a_time)
     if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(work.device)
     answers, call_seconds = _answer_all(answer, work.questions, work.contexts, one_at_a_time)
     return {
         "answers": answers,
@@ -247,7 +247,7 @@ def measure(system: System, work: Workload) -> dict:
         "seconds": sum(call_seconds),
         "latencies_ms": [1000 * s for s in call_seconds] if one_at_a_time else None,
         "peak_rss_mib": peak_rss_mib(),
-        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(work.device) / 2**20 if on_gpu else None,
     }
 
 
