@@ -35,6 +35,7 @@ from dynamic_tinybert.frontier import Frontier, load_frontier
 from dynamic_tinybert.squad import load_squad
 from dynamic_tinybert.training.data import training_data
 
+WARMUP_RATIO = 0.05  # as the LengthDrop run in the model card
 VARIANTS = {
     "start": None,
     "span": dict(),
@@ -103,11 +104,12 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     directory = checkpoint.resolve(args.model)
     tokenizer = checkpoint.load_tokenizer(directory)
-    max_seq_len, doc_stride = window_defaults(checkpoint.load_config(directory).max_position_embeddings, None, None)
+    config = checkpoint.load_config(directory)
+    max_seq_len, doc_stride = window_defaults(config.max_position_embeddings, None, None)
     windows = training.WindowSettings(max_seq_len, doc_stride)
     features, _ = training_data(tokenizer, args.data, windows, answerable_only=True, limit=args.train_questions)
     dev = load_squad(args.eval_data, limit=args.eval_questions)
-    configs = configs_for(checkpoint.load_config(directory).num_hidden_layers, load_frontier(directory))
+    configs = configs_for(config.num_hidden_layers, load_frontier(directory))
     result = {
         "start_model": str(args.model or directory),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -118,7 +120,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "windows_trained": args.steps * args.batch_size,
             "lr": args.lr,
-            "warmup_ratio": 0.05,
+            "warmup_ratio": WARMUP_RATIO,
             "seed": args.seed,
         },
         "eval": {"data": args.eval_data.name, "questions": len(dev.questions)},
@@ -137,7 +139,7 @@ def main() -> None:
                     max_steps=args.steps,
                     batch_size=args.batch_size,
                     learning_rate=args.lr,
-                    warmup_ratio=0.05,
+                    warmup_ratio=WARMUP_RATIO,
                     seed=args.seed,
                     save_every=10**9,
                     log_every=max(1, args.steps // 10),
