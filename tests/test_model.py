@@ -15,6 +15,7 @@ from dynamic_tinybert.model import (
     BertConfig,
     BertForQuestionAnswering,
     BertSelfAttention,
+    attention_significance,
     restore,
     select_tokens,
     token_ranks,
@@ -247,10 +248,13 @@ def layer_by_layer(model, ids, types, keep):
     for layer, k in zip(model.bert.encoder.layer, keep, strict=True):
         n = positions.numel()
         attended, scores = layer.attention(x[None], torch.ones(1, n, dtype=torch.bool), need_scores=True)
-        probs = scores.softmax(dim=-1)
         if k < n:
-            index, _ = select_tokens(probs, torch.ones(1, n, dtype=torch.bool), rank[None], torch.tensor([k]))
-            index = index[0]
+            if layer.token_scorer is None:  # the attention each token receives, over heads and queries
+                significance = scores.softmax(dim=-1)[0].sum(dim=(0, 1))
+            else:
+                significance = layer.token_scorer(attended)[0, :, 0]
+            order = sorted(range(n), key=lambda t: (-int(rank[t]), -float(significance[t])))
+            index = torch.tensor(sorted(order[:k]))
             dropped = torch.ones(n, dtype=torch.bool)
             dropped[index] = False
             final[positions[dropped]] = x[dropped]  # the state they had before this layer
@@ -293,6 +297,36 @@ def test_kept_tokens_are_computed_by_later_layers_over_kept_tokens_only():
     assert survivors[0] == 0  # [CLS]
     torch.testing.assert_close(hidden[survivors], expected[survivors], atol=1e-5, rtol=0)
     assert ((hidden[survivors] - after_layer0[0, survivors]).abs().amax(dim=-1) > 1e-2).all()
+
+
+def test_learned_selection_keeps_the_tokens_its_scorers_rank_highest(recorded_need_scores):
+    model = tiny_model(seed=0, token_selection="learned", **SHARP)
+    ids, mask, types = make_batch([12], [3], model.config.vocab_size, seed=5)
+
+    hidden = encoder_output(model, ids, mask, types, LengthConfig.tokens([12, 7, 3]))[0]
+    assert recorded_need_scores == [False, False, False]  # no layer materialises attention scores
+    with torch.no_grad():
+        expected, kept = layer_by_layer(model, ids, types, [12, 7, 3])
+        attention_model = tiny_model(seed=0, **SHARP)
+        attention_model.load_state_dict(model.state_dict(), strict=False)
+        _, kept_by_attention = layer_by_layer(attention_model, ids, types, [12, 7, 3])
+
+    survivors = kept[-1]
+    torch.testing.assert_close(hidden[survivors], expected[survivors], atol=1e-5, rtol=0)
+    assert kept[-1].tolist() != kept_by_attention[-1].tolist()  # the scorers, not the attention, chose
+
+
+def test_learned_selection_changes_nothing_at_full_length():
+    model = tiny_model(seed=0, token_selection="learned")
+    attention_model = tiny_model(seed=0)
+    missing = attention_model.load_state_dict(model.state_dict(), strict=False)
+    assert sorted(missing.unexpected_keys) == [
+        f"bert.encoder.layer.{i}.token_scorer.{p}" for i in range(3) for p in ("bias", "weight")
+    ]
+    ids, mask, types = make_batch([10, 7], [3, 2], model.config.vocab_size)
+    with torch.no_grad():
+        ours, theirs = model(ids, mask, types), attention_model(ids, mask, types)
+    torch.testing.assert_close(ours.start_logits, theirs.start_logits, atol=0, rtol=0)
 
 
 def test_restore_writes_hidden_states_back_to_original_positions_and_spare_slots_to_the_last_row():
@@ -351,7 +385,9 @@ def test_select_tokens_keeps_the_most_attended_tokens_in_original_order():
     mask = torch.ones(1, 6, dtype=torch.bool)
     rank = token_ranks(mask, torch.zeros(1, 6, dtype=torch.long), protect_question=False)
 
-    index, new_mask = select_tokens(hand_made_probs(received, mask), mask, rank, torch.tensor([4]))
+    index, new_mask = select_tokens(
+        attention_significance(hand_made_probs(received, mask), mask), mask, rank, torch.tensor([4])
+    )
 
     assert index.tolist() == [[0, 2, 3, 4]]  # [CLS] plus the top 3 of the rest, in order
     assert new_mask.tolist() == [[True] * 4]
@@ -363,9 +399,13 @@ def test_select_tokens_always_keeps_cls_even_when_least_attended():
     rank = token_ranks(mask, torch.zeros(2, 5, dtype=torch.long), protect_question=False)
 
     for k in (1, 2, 3):
-        index, _ = select_tokens(hand_made_probs(received, mask), mask, rank, torch.tensor([k, k]))
+        index, _ = select_tokens(
+            attention_significance(hand_made_probs(received, mask), mask), mask, rank, torch.tensor([k, k])
+        )
         assert (index[:, 0] == 0).all(), k
-    index, _ = select_tokens(hand_made_probs(received, mask), mask, rank, torch.tensor([3, 3]))
+    index, _ = select_tokens(
+        attention_significance(hand_made_probs(received, mask), mask), mask, rank, torch.tensor([3, 3])
+    )
     assert index[0].tolist() == [0, 2, 3]
 
 
@@ -376,7 +416,7 @@ def test_select_tokens_never_keeps_padding_while_dropping_a_real_token():
     probs[..., 4:] = 100.0  # padded keys look most attended-to
     rank = token_ranks(mask, torch.zeros_like(mask, dtype=torch.long), protect_question=False)
 
-    index, new_mask = select_tokens(probs, mask, rank, torch.tensor([3]))
+    index, new_mask = select_tokens(attention_significance(probs, mask), mask, rank, torch.tensor([3]))
 
     assert index.tolist() == [[0, 2, 3]]
     assert new_mask.all()
@@ -390,7 +430,7 @@ def test_select_tokens_ignores_attention_from_padded_queries():
     probs[:, :, 5:, 2] = 1.0  # padded query rows put all their attention on token 2
     rank = token_ranks(mask, torch.zeros_like(mask, dtype=torch.long), protect_question=False)
 
-    index, _ = select_tokens(probs, mask, rank, torch.tensor([3]))
+    index, _ = select_tokens(attention_significance(probs, mask), mask, rank, torch.tensor([3]))
 
     assert index.tolist() == [[0, 1, 3]]
 
@@ -403,7 +443,7 @@ def test_select_tokens_masks_exactly_keep_slots_per_row():
     rank = token_ranks(mask, torch.zeros(3, 9, dtype=torch.long), protect_question=False)
     keep = torch.tensor([5, 2, 3])
 
-    index, new_mask = select_tokens(hand_made_probs(received, mask), mask, rank, keep)
+    index, new_mask = select_tokens(attention_significance(hand_made_probs(received, mask), mask), mask, rank, keep)
 
     assert index.shape == new_mask.shape == (3, 5)
     assert new_mask.sum(dim=1).tolist() == keep.tolist()
@@ -424,7 +464,7 @@ def test_select_tokens_kept_set_matches_top_k_of_summed_attention():
     rank = token_ranks(mask, torch.zeros(B, T, dtype=torch.long), protect_question=False)
     keep = torch.tensor([6, 4, 2])
 
-    index, new_mask = select_tokens(probs, mask, rank, keep)
+    index, new_mask = select_tokens(attention_significance(probs, mask), mask, rank, keep)
 
     significance = (probs * mask[:, None, :, None]).sum(dim=(1, 2))  # over heads and real queries
     for b in range(B):
@@ -441,11 +481,11 @@ def test_select_tokens_keeps_protected_question_tokens_before_context():
     protected = token_ranks(mask, types, protect_question=True)
     unprotected = token_ranks(mask, types, protect_question=False)
 
-    index, _ = select_tokens(probs, mask, protected, torch.tensor([5]))
+    index, _ = select_tokens(attention_significance(probs, mask), mask, protected, torch.tensor([5]))
     assert index.tolist() == [[0, 1, 2, 3, 4]]
-    index, _ = select_tokens(probs, mask, protected, torch.tensor([7]))
+    index, _ = select_tokens(attention_significance(probs, mask), mask, protected, torch.tensor([7]))
     assert index.tolist() == [[0, 1, 2, 3, 4, 5, 6]]
-    index, _ = select_tokens(probs, mask, unprotected, torch.tensor([5]))
+    index, _ = select_tokens(attention_significance(probs, mask), mask, unprotected, torch.tensor([5]))
     assert index.tolist() == [[0, 5, 6, 7, 8]]
 
 

@@ -32,13 +32,16 @@ from dynamic_tinybert.training import (
     LengthDrop,
     PredictionDistillation,
     SpanLoss,
+    TokenScoring,
     TrainSettings,
     WindowSettings,
+    frozen_with_token_scorers,
     label_windows,
     student_from_teacher_layers,
     train,
 )
 from dynamic_tinybert.training.data import Features, collate, epoch_batches
+from dynamic_tinybert.training.objectives import answer_coverage
 
 from conftest import make_tiny_tokenizer, tiny_model
 
@@ -586,6 +589,40 @@ def test_length_drop_rejects_bad_parameters(kwargs):
         LengthDrop(SpanLoss(), **kwargs)
 
 
+# Learned token selection
+
+
+def test_answer_coverage_weighs_the_predicted_span_and_stays_in_the_context():
+    start, end = torch.zeros(1, 8), torch.zeros(1, 8)
+    start[0, 4], end[0, 6] = 10.0, 10.0
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    context = torch.arange(8)[None] >= 3
+
+    coverage = answer_coverage(start, end, mask, context)[0]
+    assert coverage[:3].sum() == 0
+    assert coverage.sum().item() == pytest.approx(1.0)
+    assert min(coverage[4], coverage[5], coverage[6]) > 5 * max(coverage[3], coverage[7])  # 5: inside only
+
+
+def test_token_scoring_trains_the_scorers_and_leaves_the_model_bit_for_bit(tmp_path):
+    model = frozen_with_token_scorers(small_model())
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    train(model, TOKENIZER, TokenScoring(), features(), settings(tmp_path, epochs=4))
+
+    after = model.state_dict()
+    scorers = [name for name in after if "token_scorer" in name]
+    assert len(scorers) == 4  # weight and bias of each of the 2 layers
+    assert all(not torch.equal(after[name], before[name]) for name in scorers)
+    assert all(torch.equal(after[name], before[name]) for name in after if name not in scorers)
+    logged = losses(tmp_path)
+    assert np.mean(logged[-4:]) < np.mean(logged[:4])
+
+
+def test_token_scoring_refuses_a_model_that_ranks_by_attention(tmp_path):
+    with pytest.raises(ValueError, match="token_selection 'learned'"):
+        train(small_model(), TOKENIZER, TokenScoring(), features(), settings(tmp_path, epochs=1))
+
+
 # --------------------------------------------------------------------------------------------------
 # The command line, in-process and under torchrun
 
@@ -780,3 +817,24 @@ def test_the_length_drop_bench_names_an_unknown_variant(tmp_path):
         [*command, "--variants", "span,dropout"], cwd=Path(__file__).parents[1], capture_output=True, text=True
     )
     assert run.returncode == 2 and "unknown dropout" in run.stderr
+
+
+def test_cli_train_scorers_adds_learned_selection_to_an_unchanged_model(dtb, run_files, tmp_path):
+    _, model_dir, _, data, _ = run_files
+    out = tmp_path / "scored"
+    args = ["train", "scorers", "--model", model_dir, "--data", data, "--output", out, "--epochs", "1"]
+    code, stdout, err = dtb(*args, *WINDOW_ARGS, "--holdout-articles", "0", "--cache-dir", tmp_path / "cache")
+    assert code == 0, err
+    scored, original = checkpoint.load_model(out / "model"), checkpoint.load_model(model_dir)
+    assert scored.config.token_selection == "learned"
+    assert all(torch.equal(scored.state_dict()[name], t) for name, t in original.state_dict().items())
+    qa = QuestionAnswerer(scored, TOKENIZER, length_config=LengthConfig.ratios([0.8, 0.5]))
+    assert qa(question="where does alice live ?", context="alice lives in rome .")["answer"]
+
+
+def test_cli_train_scorers_with_length_drop_is_a_usage_error(dtb, run_files, tmp_path):
+    _, model_dir, _, data, _ = run_files
+    args = ["train", "scorers", "--model", model_dir, "--data", data, "--output", tmp_path / "o", "--length-drop"]
+    code, stdout, err = dtb(*args)
+    assert code == 2 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and "frozen" in err

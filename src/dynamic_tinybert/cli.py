@@ -175,6 +175,7 @@ RECIPES = {
     "length-drop": (2e-5, 10, 32),
     "id": (5e-5, 20, 16),
     "pd": (3e-5, 10, 16),
+    "scorers": (1e-3, 1, 32),  # this project's: only the token scorers learn, a linear probe per layer
 }
 
 
@@ -193,7 +194,11 @@ def add_train_parsers(commands: argparse._SubParsersAction) -> None:
         "--attention", choices=["probs", "scores"], default="probs", help="id: what attention MSE compares"
     )
     distill.add_argument("--temperature", type=float, default=1.0, help="pd: softmax temperature")
-    for parser in (finetune, distill):
+    scorers = stages.add_parser(
+        "scorers", help="learned token selection: train per-layer token scorers on a frozen fine-tuned model"
+    )
+    scorers.add_argument("--model", required=True, help="fine-tuned checkpoint directory or hub id")
+    for parser in (finetune, distill, scorers):
         parser.add_argument("--data", type=Path, required=True, help="SQuAD v1.1 or v2.0 training file")
         parser.add_argument("--output", type=Path, required=True, help="run folder: checkpoints, metrics, model/")
         parser.add_argument("--answerable-only", action="store_true", help="drop unanswerable (SQuAD 2.0) questions")
@@ -267,10 +272,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.train_command == "distill" and args.stage == "id" and args.length_drop:
         raise UsageError("dtb train distill: --length-drop goes with --stage pd (or finetune), not id")
+    if args.train_command == "scorers" and (args.length_drop or args.prune_to or args.lock_sparsity):
+        raise UsageError("dtb train scorers: the model is frozen; --length-drop and sparsity options do not apply")
     pruning = pruning_schedule(args)
     if args.train_command == "finetune":
         directory = checkpoint.resolve(args.model, args.revision)
         model, teacher = checkpoint.load_model(directory), None
+    elif args.train_command == "scorers":
+        directory = checkpoint.resolve(args.model, args.revision)
+        model, teacher = training.frozen_with_token_scorers(checkpoint.load_model(directory)), None
     else:
         directory = checkpoint.resolve(args.teacher, args.revision)
         teacher = checkpoint.load_model(directory)
@@ -285,7 +295,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "dtb train distill: teacher and student tokenizers differ; distillation needs one vocabulary"
                 )
     tokenizer = checkpoint.load_tokenizer(directory)
-    stage = "length-drop" if args.length_drop else (args.stage if args.train_command == "distill" else "finetune")
+    stage = {"finetune": "finetune", "scorers": "scorers"}.get(args.train_command) or args.stage
+    stage = "length-drop" if args.length_drop else stage
     lr, epochs, batch_size = RECIPES[stage]
     settings = training.TrainSettings(
         output_dir=args.output,
@@ -306,6 +317,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.train_command == "finetune":
         objective = training.SpanLoss()
+    elif args.train_command == "scorers":
+        objective = training.TokenScoring()
     elif args.stage == "pd":
         objective = training.PredictionDistillation(teacher, args.temperature)
     else:

@@ -28,6 +28,9 @@ ACTIVATIONS = {
 }
 
 
+TOKEN_SELECTIONS = ("attention", "learned")
+
+
 @dataclass
 class BertConfig:
     """The shape of a BERT encoder; the field names are those of a Hugging Face `config.json`."""
@@ -45,6 +48,7 @@ class BertConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
+    token_selection: str = "attention"  # how a dropping layer ranks tokens: see BertLayer
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -53,6 +57,8 @@ class BertConfig:
             )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+        if self.token_selection not in TOKEN_SELECTIONS:
+            raise ValueError(f"token_selection {self.token_selection!r} is not one of {TOKEN_SELECTIONS}")
 
     @classmethod
     def from_dict(cls, data: dict) -> BertConfig:
@@ -179,13 +185,26 @@ class BertOutput(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """Attention, then (Drop-and-Restore happens here, in the encoder) the feed-forward sub-layer."""
+    """Attention, then (Drop-and-Restore happens here, in the encoder) the feed-forward sub-layer.
+
+    With `token_selection="learned"` the layer also has a `token_scorer`: a linear probe on the attention
+    output, trained to predict which tokens the full model's answer depends on (see
+    `training.objectives.TokenScorerLoss`). The Length-Adaptive Transformer instead keeps the tokens that
+    receive the most attention, a ranking no loss can teach and one that often drops the answer.
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.attention = BertAttention(config)
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
+        self.token_scorer = nn.Linear(config.hidden_size, 1) if config.token_selection == "learned" else None
+
+    def significance(self, attended: torch.Tensor, scores: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """How much each token (B, T) deserves to be kept, from the learned probe or the attention it receives."""
+        if self.token_scorer is not None:
+            return self.token_scorer(attended).squeeze(-1).float()
+        return attention_significance(scores.softmax(dim=-1), mask)
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.intermediate(x), x)
@@ -195,21 +214,25 @@ class BertLayer(nn.Module):
 RANK_CLS, RANK_QUESTION, RANK_TOKEN, RANK_PADDING = 2, 1, 0, -1
 
 
-def select_tokens(
-    probs: torch.Tensor, mask: torch.Tensor, rank: torch.Tensor, keep: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose the tokens a layer keeps: the `keep[b]` most attended-to tokens of each input.
+def attention_significance(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """LAT's significance (B, T): the attention probs (B, nh, T, T) each token receives, summed over heads
+    and over real query positions."""
+    return torch.einsum("bhqk,bq->bk", probs, mask.to(probs.dtype))
 
-    probs (B, nh, T, T) attention probabilities; mask (B, T) real tokens; rank (B, T) one of the RANK_*
-    values; keep (B,) tokens to keep, at most the input's real tokens. The significance of a token is the
-    attention it receives, summed over heads and over real query positions. Tokens are ordered by rank
-    first and significance second, so [CLS] always survives and padding never displaces a real token.
+
+def select_tokens(
+    significance: torch.Tensor, mask: torch.Tensor, rank: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose the tokens a layer keeps: the `keep[b]` most significant tokens of each input.
+
+    significance (B, T); mask (B, T) real tokens; rank (B, T) one of the RANK_* values; keep (B,) tokens to
+    keep, at most the input's real tokens. Tokens are ordered by rank first and significance second, so
+    [CLS] always survives and padding never displaces a real token.
 
     Returns index (B, K) into the current tokens, kept ones in their original order, K = max(keep);
     and the new mask (B, K), False in the slots of inputs that keep fewer than K.
     """
     B, T = mask.shape
-    significance = torch.einsum("bhqk,bq->bk", probs, mask.to(probs.dtype))  # (B, T)
     by_significance = significance.argsort(dim=1, descending=True, stable=True)
     by_rank = rank.gather(1, by_significance).argsort(dim=1, descending=True, stable=True)
     order = by_significance.gather(1, by_rank)  # (B, T) best first
@@ -235,13 +258,16 @@ class Trace:
     """What distillation looks at: the input of every layer and every layer's attention.
 
     hidden_states[0] is the embeddings output and hidden_states[i + 1] layer i's output; attention_scores[i]
-    are layer i's pre-softmax scores and masks[i] its real tokens. Under a dropping length config they cover
-    the tokens each layer saw, not the restored sequence.
+    are layer i's pre-softmax scores, masks[i] its real tokens and positions[i] their original indices;
+    token_scores[i] are its learned token scores (learned token selection only). Under a dropping length
+    config they cover the tokens each layer saw, not the restored sequence.
     """
 
     hidden_states: list[torch.Tensor] = field(default_factory=list)  # (B, T_i, H) each
     attention_scores: list[torch.Tensor] = field(default_factory=list)  # (B, nh, T_i, T_i) each
     masks: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each
+    positions: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each
+    token_scores: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each
 
 
 class BertEncoder(nn.Module):
@@ -273,15 +299,22 @@ class BertEncoder(nn.Module):
                 continue
             keep = None if keep_counts is None else keep_counts[:, i]
             drops = keep is not None and bool((keep < mask.sum(dim=1)).any())
-            attended, scores = layer.attention(x, mask, need_scores=drops or trace is not None)
+            by_attention = layer.token_scorer is None
+            attended, scores = layer.attention(x, mask, need_scores=(drops and by_attention) or trace is not None)
+            significance = None
+            if drops or (trace is not None and not by_attention):
+                significance = layer.significance(attended, scores, mask)
             if trace is not None:
                 trace.attention_scores.append(scores)
                 trace.masks.append(mask)
+                trace.positions.append(positions)
+                if not by_attention:
+                    trace.token_scores.append(significance)
             if drops:
                 if restored is None:
                     restored = x.new_zeros(B, T + 1, H)
                 restored = restore(restored, x, positions)  # dropped tokens keep this layer's input
-                index, mask = select_tokens(scores.softmax(dim=-1), mask, rank, keep)
+                index, mask = select_tokens(significance, mask, rank, keep)
                 attended = attended.gather(1, index.unsqueeze(-1).expand(-1, -1, H))
                 positions = positions.gather(1, index).masked_fill(~mask, T)
                 rank = rank.gather(1, index).masked_fill(~mask, RANK_PADDING)

@@ -2,8 +2,15 @@
 
 from .data import Features, WindowSettings, cached_features, label_windows
 from .loop import TrainSettings, train
-from .objectives import IntermediateDistillation, LengthDrop, Objective, PredictionDistillation, SpanLoss
-from .students import student_from_teacher_layers
+from .objectives import (
+    IntermediateDistillation,
+    LengthDrop,
+    Objective,
+    PredictionDistillation,
+    SpanLoss,
+    TokenScoring,
+)
+from .students import frozen_with_token_scorers, student_from_teacher_layers
 
 __all__ = [
     "Features",
@@ -12,9 +19,11 @@ __all__ = [
     "Objective",
     "PredictionDistillation",
     "SpanLoss",
+    "TokenScoring",
     "TrainSettings",
     "WindowSettings",
     "cached_features",
+    "frozen_with_token_scorers",
     "label_windows",
     "student_from_teacher_layers",
     "train",

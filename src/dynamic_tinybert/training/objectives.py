@@ -10,6 +10,7 @@ runs them in order and back-propagates each (so LengthDrop's sub-models never ho
 - `LengthDrop`: any of the above on the full model, plus sandwich sub-models (the smallest and
   `num_sandwich` random length configurations, with LayerDrop) that learn from the full model's detached
   predictions (inplace distillation, Length-Adaptive Transformer).
+- `TokenScoring`: the token scorers of a model with learned token selection, the model itself frozen.
 """
 
 from __future__ import annotations
@@ -240,6 +241,48 @@ class LengthDrop(Objective):
             return forward
 
         return [full] + [sub(config, skipped) for config, skipped in self.sub_models(num_layers, step)]
+
+
+class TokenScoring(Objective):
+    """Teach each layer's token scorer which tokens the model's own answer needs; the model stays frozen.
+
+    One full-length pass records every layer's token scores. The target is where the model's answer lies:
+    each context token's start and end probabilities plus the probability that it falls inside the answer
+    span (P(start <= t) * P(end >= t)), normalised over the context. Each layer's scores learn it by
+    listwise cross-entropy, so ranking by score keeps the likely answers and what lies between their ends.
+    [CLS] and question tokens do not compete: [CLS] is always kept, question tokens by "+q" configs.
+    """
+
+    def passes(self, model: nn.Module, batch: TrainBatch, step: int) -> list[Pass]:
+        if unwrap(model).config.token_selection != "learned":
+            raise ValueError("token scoring trains a model with token_selection 'learned' (see with_token_scorers)")
+
+        def full() -> PassResult:
+            model.eval()  # the frozen model answers as at inference, without dropout noise
+            out = run(model, batch, trace=True)
+            mask = batch.attention_mask.bool()
+            context = mask & (batch.token_type_ids == 1)
+            target = answer_coverage(out.start_logits.detach(), out.end_logits.detach(), mask, context)
+            losses = []
+            for scores, positions, kept in zip(out.trace.token_scores, out.trace.positions, out.trace.masks):
+                original = positions.clamp(max=mask.size(1) - 1)  # empty slots point past the end
+                competing = kept & context.gather(1, original)
+                log_probs = masked_log_softmax(scores, competing)
+                losses.append(-(target.gather(1, original) * log_probs).sum(dim=-1).mean())
+            return PassResult(torch.stack(losses).mean(), out)
+
+        return [full]
+
+
+def answer_coverage(
+    start_logits: torch.Tensor, end_logits: torch.Tensor, mask: torch.Tensor, context: torch.Tensor
+) -> torch.Tensor:
+    """How much of the predicted answer each context token (B, T) carries, as a distribution over the context."""
+    start = masked_log_softmax(start_logits, mask).exp()
+    end = masked_log_softmax(end_logits, mask).exp()
+    inside = start.cumsum(dim=1) * end.flip(1).cumsum(dim=1).flip(1)
+    coverage = (start + end + inside) * context
+    return coverage / coverage.sum(dim=1, keepdim=True).clamp(min=1e-9)
 
 
 def kl_divergence(target_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:

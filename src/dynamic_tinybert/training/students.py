@@ -1,4 +1,4 @@
-"""Where a distilled student starts: a checkpoint of its own, or a subset of the teacher's layers."""
+"""Where a trained model starts: a subset of a teacher's layers, or a frozen model given token scorers."""
 
 from __future__ import annotations
 
@@ -19,3 +19,17 @@ def student_from_teacher_layers(teacher: BertForQuestionAnswering, layers: Seque
         student.bert.encoder.layer[mine].load_state_dict(teacher.bert.encoder.layer[theirs].state_dict())
     student.qa_outputs.load_state_dict(teacher.qa_outputs.state_dict())
     return student
+
+
+def frozen_with_token_scorers(model: BertForQuestionAnswering) -> BertForQuestionAnswering:
+    """`model` with learned token selection: its own weights, frozen, plus fresh (or its existing) token scorers.
+
+    Only the scorers can learn, so the model's full-length answers stay exactly what they were.
+    """
+    scored = BertForQuestionAnswering(replace(model.config, token_selection="learned"))
+    missing = scored.load_state_dict(model.state_dict(), strict=False).missing_keys
+    if any("token_scorer" not in name for name in missing):
+        raise ValueError(f"weights the scored copy could not take from the model: {missing[:5]}")
+    for name, parameter in scored.named_parameters():
+        parameter.requires_grad_("token_scorer" in name)
+    return scored
