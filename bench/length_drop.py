@@ -50,7 +50,7 @@ def configs_for(num_layers: int, frontier: Frontier | None) -> dict[str, LengthC
     training range, LengthDrop's own smallest sub-model, and the start model's second and third most
     expensive frontier points (where it has a frontier)."""
     slope = tuple(round(0.9 - 0.5 * i / max(1, num_layers - 1), 4) for i in range(num_layers))
-    smallest = tuple(0.8 ** (i + 1) for i in range(num_layers))
+    smallest = tuple(round(0.8 ** (i + 1), 6) for i in range(num_layers))  # 6 decimals: 0.8^i exactly, i <= 6
     configs = {
         "full": None,
         "slope 0.9-0.4": LengthConfig.ratios(slope),

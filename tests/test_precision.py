@@ -63,9 +63,10 @@ def test_the_original_model_is_left_untouched():
     assert torch.equal(logits(model), before)
 
 
+@pytest.mark.parametrize("selection", ["attention", "learned"])
 @pytest.mark.parametrize("precision, tolerance", [("bf16", 0.02), ("int8", 0.05)])
-def test_logits_stay_close_to_fp32_at_full_length_and_while_dropping(precision, tolerance):
-    model = tiny_model(seed=3)
+def test_logits_stay_close_to_fp32_at_full_length_and_while_dropping(precision, tolerance, selection):
+    model = tiny_model(seed=3, token_selection=selection)
     fast = with_precision(model, precision)
     dropping = LengthConfig.ratios([0.8, 0.6, 0.4])
     for config in (None, dropping):
@@ -80,6 +81,14 @@ def test_int8_quantises_the_encoder_linears_dynamically():
     fast = with_precision(tiny_model(), "int8")
     linears = encoder_linears(fast)
     assert len(linears) == 18 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in linears)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_token_scorers_stay_fp32_linear_layers(precision):
+    fast = with_precision(tiny_model(token_selection="learned"), precision)
+    scorers = [layer.token_scorer for layer in fast.bert.encoder.layer]
+    assert all(type(s) is nn.Linear and s.weight.dtype == torch.float32 for s in scorers)
+    assert precision_of(fast) == precision
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])

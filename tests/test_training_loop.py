@@ -838,3 +838,26 @@ def test_cli_train_scorers_with_length_drop_is_a_usage_error(dtb, run_files, tmp
     code, stdout, err = dtb(*args)
     assert code == 2 and stdout == ""
     assert len(err.strip().splitlines()) == 1 and "frozen" in err
+
+
+def test_the_token_selection_bench_scores_attention_and_learned_selection_on_the_same_weights(tmp_path):
+    model_dir = checkpoint.save_checkpoint(tiny_model(token_selection="learned"), TOKENIZER, tmp_path / "learned")
+    dev = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")
+    output = tmp_path / "token-selection"
+    command = [sys.executable, "bench/token_selection.py", "--model", str(model_dir), "--frontier-from", str(model_dir)]
+    command += ["--eval-data", str(dev), "--eval-questions", "8", "--config", "0.9,0.5,0.3+q", "--output", str(output)]
+    run = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(output.with_suffix(".json").read_text())
+    assert list(result["attention"]) == ["full", "slope 0.9-0.4", "smallest (0.8^i)"]
+    assert list(result["learned"]) == [*result["attention"], "slope 0.9-0.4 +q", "smallest (0.8^i) +q", "0.9,0.5,0.3+q"]
+    assert result["attention"]["full"] == result["learned"]["full"]  # identical at full length
+    assert "| 0.9,0.5,0.3+q |" in output.with_suffix(".md").read_text()
+
+
+def test_the_token_selection_bench_refuses_a_model_that_ranks_by_attention(tiny_checkpoint, tmp_path):
+    command = [sys.executable, "bench/token_selection.py", "--model", str(tiny_checkpoint), "--eval-data", "x"]
+    run = subprocess.run(
+        [*command, "--output", str(tmp_path / "o")], cwd=Path(__file__).parents[1], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and "not 'learned'" in run.stderr

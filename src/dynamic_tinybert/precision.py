@@ -67,6 +67,12 @@ def precision_of(model: BertForQuestionAnswering) -> str:
     return "fp32"
 
 
+def is_converted(name: str, module: nn.Module) -> bool:
+    """Whether an encoder module runs in the lower precision: every Linear layer but the token scorers, which
+    decide which tokens survive (as attention ranking does in fp32) and cost next to nothing."""
+    return isinstance(module, nn.Linear) and not name.endswith("token_scorer")
+
+
 def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQuestionAnswering:
     """An inference copy of `model` whose encoder Linear layers run in `precision` (fp32: the model itself)."""
     if precision not in PRECISIONS:
@@ -87,7 +93,8 @@ def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQu
         with warnings.catch_warnings():  # torch deprecates torch.ao quantisation in favour of torchao
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*")
-            model.bert.encoder = torch.ao.quantization.quantize_dynamic(encoder, {nn.Linear: qconfig}, torch.qint8)
+            linears = {name: qconfig for name, m in encoder.named_modules() if is_converted(name, m)}
+            model.bert.encoder = torch.ao.quantization.quantize_dynamic(encoder, linears, torch.qint8)
         return model
     for parent in list(encoder.modules()):
         # Outputs stay bf16 up to the residual stream: attention (its scores ranked in fp32) and GELU run in
@@ -95,6 +102,6 @@ def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQu
         # stream return fp32.
         out_dtype = torch.float32 if isinstance(parent, BertSelfOutput | BertOutput) else torch.bfloat16
         for name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
+            if is_converted(name, child):
                 setattr(parent, name, BFloat16Linear(child, out_dtype))
     return model
