@@ -166,8 +166,9 @@ def test_pruning_reaches_the_target_in_every_encoder_weight_and_never_unprunes_o
     assert pruner.sparsity() == 0.75
 
 
-def test_pruning_leaves_embeddings_span_head_biases_and_layer_norms_alone():
-    model = small_model()
+@pytest.mark.parametrize("selection", ["attention", "learned"])
+def test_pruning_leaves_embeddings_span_head_biases_layer_norms_and_token_scorers_alone(selection):
+    model = small_model(token_selection=selection)
     before = copy.deepcopy(model.state_dict())
     pruner = Pruner(model, PruningSchedule(0.75, end=1, every=1))
     pruner.step(1)

@@ -57,11 +57,12 @@ class PruningSchedule:
 
 
 def encoder_linears(model: BertForQuestionAnswering) -> dict[str, nn.Linear]:
-    """The Linear layers pruning touches, by weight name prefix: all of the encoder's, nothing else."""
+    """The Linear layers pruning touches, by weight name prefix: all of the encoder's but its token scorers
+    (one output row each: no 1x4 blocks, and next to no MACs)."""
     return {
         f"bert.encoder.{name}": module
         for name, module in model.bert.encoder.named_modules()
-        if isinstance(module, nn.Linear)
+        if isinstance(module, nn.Linear) and not name.endswith("token_scorer")
     }
 
 
