@@ -2,7 +2,8 @@
 
 Read top to bottom: the config, then one module per sub-layer (named exactly as Hugging Face checkpoints
 name their weights, so every BERT checkpoint maps onto this file 1:1), then the encoder, where each layer
-may keep only its most attended-to tokens (Length-Adaptive Transformer, Kim & Cho 2021). Dropped tokens
+may keep only part of its tokens (Length-Adaptive Transformer, Kim & Cho 2021): the most attended-to, as
+in LAT, or those a learned per-layer token scorer ranks highest. Dropped tokens
 keep the hidden state of the last layer they completed and are restored to their places before the span
 head, which scores every position.
 """
@@ -189,7 +190,7 @@ class BertLayer(nn.Module):
 
     With `token_selection="learned"` the layer also has a `token_scorer`: a linear probe on the attention
     output, trained to predict which tokens the full model's answer depends on (see
-    `training.objectives.TokenScorerLoss`). The Length-Adaptive Transformer instead keeps the tokens that
+    `training.objectives.TokenScoring`). The Length-Adaptive Transformer instead keeps the tokens that
     receive the most attention, a ranking no loss can teach and one that often drops the answer.
     """
 
