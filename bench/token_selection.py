@@ -24,14 +24,14 @@ from length_drop import configs_for, score
 from dynamic_tinybert import LengthConfig, checkpoint
 from dynamic_tinybert.fileio import write_report
 from dynamic_tinybert.frontier import load_frontier
-from dynamic_tinybert.model import BertForQuestionAnswering
+from dynamic_tinybert.model import BertForQuestionAnswering, is_token_scorer
 from dynamic_tinybert.squad import load_squad
 
 
 def attention_twin(model: BertForQuestionAnswering) -> BertForQuestionAnswering:
     """The same weights ranking tokens by attention: the learned scorers left out."""
     twin = BertForQuestionAnswering(replace(model.config, token_selection="attention"))
-    twin.load_state_dict({k: v for k, v in model.state_dict().items() if "token_scorer" not in k})
+    twin.load_state_dict({k: v for k, v in model.state_dict().items() if not is_token_scorer(k)})
     return twin.eval()
 
 

@@ -211,6 +211,11 @@ class BertLayer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
+def is_token_scorer(name: str) -> bool:
+    """Whether a module or weight name (`layer.0.token_scorer`, `...token_scorer.weight`) is a token scorer's."""
+    return "token_scorer" in name.split(".")
+
+
 # Token ranks for selection: [CLS] first, then protected question tokens, then the rest, padding last.
 RANK_CLS, RANK_QUESTION, RANK_TOKEN, RANK_PADDING = 2, 1, 0, -1
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import BertForQuestionAnswering, BertOutput, BertSelfOutput
+from .model import BertForQuestionAnswering, BertOutput, BertSelfOutput, is_token_scorer
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -70,7 +70,7 @@ def precision_of(model: BertForQuestionAnswering) -> str:
 def is_converted(name: str, module: nn.Module) -> bool:
     """Whether an encoder module runs in the lower precision: every Linear layer but the token scorers, which
     decide which tokens survive (as attention ranking does in fp32) and cost next to nothing."""
-    return isinstance(module, nn.Linear) and not name.endswith("token_scorer")
+    return isinstance(module, nn.Linear) and not is_token_scorer(name)
 
 
 def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQuestionAnswering:

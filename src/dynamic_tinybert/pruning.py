@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .model import BertForQuestionAnswering
+from .model import BertForQuestionAnswering, is_token_scorer
 
 # Output rows per block of each pattern: a block is `rows` consecutive output rows of one input column.
 PATTERNS = {"1x4": 4, "unstructured": 1}
@@ -62,7 +62,7 @@ def encoder_linears(model: BertForQuestionAnswering) -> dict[str, nn.Linear]:
     return {
         f"bert.encoder.{name}": module
         for name, module in model.bert.encoder.named_modules()
-        if isinstance(module, nn.Linear) and not name.endswith("token_scorer")
+        if isinstance(module, nn.Linear) and not is_token_scorer(name)
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..model import BertForQuestionAnswering
+from ..model import BertForQuestionAnswering, is_token_scorer
 
 
 def student_from_teacher_layers(teacher: BertForQuestionAnswering, layers: Sequence[int]) -> BertForQuestionAnswering:
@@ -28,8 +28,8 @@ def frozen_with_token_scorers(model: BertForQuestionAnswering) -> BertForQuestio
     """
     scored = BertForQuestionAnswering(replace(model.config, token_selection="learned"))
     missing = scored.load_state_dict(model.state_dict(), strict=False).missing_keys
-    if any("token_scorer" not in name for name in missing):
+    if not all(is_token_scorer(name) for name in missing):
         raise ValueError(f"weights the scored copy could not take from the model: {missing[:5]}")
     for name, parameter in scored.named_parameters():
-        parameter.requires_grad_("token_scorer" in name)
+        parameter.requires_grad_(is_token_scorer(name))
     return scored
