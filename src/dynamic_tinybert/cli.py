@@ -275,12 +275,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.train_command == "scorers" and (args.length_drop or args.prune_to or args.lock_sparsity):
         raise UsageError("dtb train scorers: the model is frozen; --length-drop and sparsity options do not apply")
     pruning = pruning_schedule(args)
-    if args.train_command == "finetune":
+    if args.train_command in ("finetune", "scorers"):
         directory = checkpoint.resolve(args.model, args.revision)
         model, teacher = checkpoint.load_model(directory), None
-    elif args.train_command == "scorers":
-        directory = checkpoint.resolve(args.model, args.revision)
-        model, teacher = training.frozen_with_token_scorers(checkpoint.load_model(directory)), None
+        if args.train_command == "scorers":
+            model = training.frozen_with_token_scorers(model)
     else:
         directory = checkpoint.resolve(args.teacher, args.revision)
         teacher = checkpoint.load_model(directory)
@@ -295,7 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "dtb train distill: teacher and student tokenizers differ; distillation needs one vocabulary"
                 )
     tokenizer = checkpoint.load_tokenizer(directory)
-    stage = {"finetune": "finetune", "scorers": "scorers"}.get(args.train_command) or args.stage
+    stage = args.stage if args.train_command == "distill" else args.train_command
     stage = "length-drop" if args.length_drop else stage
     lr, epochs, batch_size = RECIPES[stage]
     settings = training.TrainSettings(

@@ -255,7 +255,9 @@ class TokenScoring(Objective):
 
     def passes(self, model: nn.Module, batch: TrainBatch, step: int) -> list[Pass]:
         if unwrap(model).config.token_selection != "learned":
-            raise ValueError("token scoring trains a model with token_selection 'learned' (see with_token_scorers)")
+            raise ValueError(
+                "token scoring trains a model with token_selection 'learned' (see frozen_with_token_scorers)"
+            )
 
         def full() -> PassResult:
             model.eval()  # the frozen model answers as at inference, without dropout noise
