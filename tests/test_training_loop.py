@@ -543,6 +543,33 @@ def test_length_drop_random_sub_models_shrink_by_at_most_p_per_layer():
                 previous = ratio
 
 
+def test_length_drop_protecting_the_question_makes_every_sub_model_a_plus_q_config():
+    assert not any(c.protect_question for c, _ in LengthDrop(SpanLoss()).sub_models(6, step=0))
+    chosen = LengthDrop(SpanLoss(), protect_question=True).sub_models(6, step=0)
+    assert len(chosen) == 3 and all(c.protect_question and str(c).endswith("+q") for c, _ in chosen)
+
+
+def test_length_drop_sub_models_keep_the_question_when_protected():
+    model = small_model(dropout=0.0)
+    batch = first_batch()
+    question_tokens = (batch.token_type_ids == 0) & batch.attention_mask.bool()
+
+    def question_tokens_dropped(protect_question: bool) -> int:
+        """Question tokens missing from the last layer of the smallest sub-model (keeps 50%, then 25%)."""
+        objective = LengthDrop(SpanLoss(), ratio_bound=0.5, protect_question=protect_question)
+        config, _ = objective.sub_models(2, step=0)[0]
+        ids, mask, types = batch.input_ids, batch.attention_mask, batch.token_type_ids
+        trace = model(ids, mask, types, length_config=config, trace=True).trace
+        dropped = 0
+        for b in range(ids.size(0)):
+            kept = set(trace.positions[-1][b][trace.masks[-1][b]].tolist())
+            dropped += len(set(torch.nonzero(question_tokens[b]).flatten().tolist()) - kept)
+        return dropped
+
+    assert question_tokens_dropped(False) > 0
+    assert question_tokens_dropped(True) == 0
+
+
 def test_length_drop_sub_models_depend_only_on_the_step():
     a, b = LengthDrop(SpanLoss(), seed=5), LengthDrop(SpanLoss(), seed=5)
     torch.manual_seed(0)
@@ -838,6 +865,14 @@ def test_cli_train_scorers_with_length_drop_is_a_usage_error(dtb, run_files, tmp
     code, stdout, err = dtb(*args)
     assert code == 2 and stdout == ""
     assert len(err.strip().splitlines()) == 1 and "frozen" in err
+
+
+def test_cli_protect_question_without_length_drop_is_a_usage_error(dtb, run_files, tmp_path):
+    _, model_dir, _, data, _ = run_files
+    args = ["train", "finetune", "--model", model_dir, "--data", data, "--output", tmp_path / "o", "--protect-question"]
+    code, stdout, err = dtb(*args)
+    assert code == 2 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and "--protect-question" in err and "--length-drop" in err
 
 
 def test_the_token_selection_bench_scores_attention_and_learned_selection_on_the_same_weights(tmp_path):

@@ -239,6 +239,11 @@ def add_train_parsers(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--length-drop-ratio-bound", type=float, default=0.2)
         parser.add_argument("--num-sandwich", type=int, default=2)
         parser.add_argument("--layer-drop", type=float, default=0.2, help="LengthDrop's LayerDrop probability")
+        parser.add_argument(
+            "--protect-question",
+            action="store_true",
+            help="LengthDrop's sub-models keep every question token (+q), as a frontier searched so runs them",
+        )
         sparsity = parser.add_mutually_exclusive_group()
         sparsity.add_argument(
             "--prune-to", type=float, help="prune the encoder's Linear weights to this sparsity (e.g. 0.8)"
@@ -274,6 +279,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("dtb train distill: --length-drop goes with --stage pd (or finetune), not id")
     if args.train_command == "scorers" and (args.length_drop or args.prune_to or args.lock_sparsity):
         raise UsageError("dtb train scorers: the model is frozen; --length-drop and sparsity options do not apply")
+    if args.protect_question and not args.length_drop:
+        raise UsageError("dtb train: --protect-question applies to LengthDrop's sub-models; add --length-drop")
     pruning = pruning_schedule(args)
     if args.train_command in ("finetune", "scorers"):
         directory = checkpoint.resolve(args.model, args.revision)
@@ -324,7 +331,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         objective = training.IntermediateDistillation(teacher, model, args.attention)
     if args.length_drop:
         objective = training.LengthDrop(
-            objective, args.length_drop_ratio_bound, args.num_sandwich, args.layer_drop, seed=args.seed
+            objective,
+            args.length_drop_ratio_bound,
+            args.num_sandwich,
+            args.layer_drop,
+            seed=args.seed,
+            protect_question=args.protect_question,
         )
     max_seq_len, doc_stride = window_defaults(model.config.max_position_embeddings, args.max_seq_len, args.doc_stride)
     features, held_out = training.data.training_data(

@@ -180,11 +180,19 @@ class LengthDrop(Objective):
     Per batch: the full model trained by `base`; the smallest sub-model (every layer keeps (1 - p) of the
     previous layer's tokens); and `num_sandwich` random ones (each layer keeps a uniform fraction in
     [1 - p, 1] of the previous layer's, and skips with probability `layer_drop`). Sub-models learn from the
-    full model's detached distributions by KL divergence; the passes' losses are averaged.
+    full model's detached distributions by KL divergence; the passes' losses are averaged. With
+    `protect_question` the sub-models keep every question token ("+q" configs), as the frontier of a model
+    searched with --protect-question will run them.
     """
 
     def __init__(
-        self, base: Objective, ratio_bound: float = 0.2, num_sandwich: int = 2, layer_drop: float = 0.2, seed: int = 0
+        self,
+        base: Objective,
+        ratio_bound: float = 0.2,
+        num_sandwich: int = 2,
+        layer_drop: float = 0.2,
+        seed: int = 0,
+        protect_question: bool = False,
     ):
         if not 0 < ratio_bound < 1:
             raise ValueError(f"length_drop_ratio_bound must be in (0, 1), got {ratio_bound}")
@@ -199,18 +207,20 @@ class LengthDrop(Objective):
             layer_drop,
             seed,
         )
+        self.protect_question = protect_question
         self.trainable = base.trainable
 
     def sub_models(self, num_layers: int, step: int) -> list[tuple[LengthConfig, frozenset[int]]]:
         """The smallest and the random sandwich sub-models of this step (seeded by step: resumable)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         smallest = [(1 - self.ratio_bound) ** (i + 1) for i in range(num_layers)]
-        chosen = [(LengthConfig.ratios(smallest), frozenset())]
+        chosen = [(LengthConfig.ratios(smallest, self.protect_question), frozenset())]
         for _ in range(self.num_sandwich):
             factors = 1 - self.ratio_bound * torch.rand(num_layers, generator=generator, dtype=torch.float64)
             ratios = torch.cumprod(factors, dim=0).clamp(min=1e-6).tolist()
             skipped = torch.rand(num_layers, generator=generator) < self.layer_drop
-            chosen.append((LengthConfig.ratios(ratios), frozenset(torch.nonzero(skipped).flatten().tolist())))
+            config = LengthConfig.ratios(ratios, self.protect_question)
+            chosen.append((config, frozenset(torch.nonzero(skipped).flatten().tolist())))
         return chosen
 
     def to(self, device: torch.device) -> None:
