@@ -144,6 +144,12 @@ def build_parser() -> Parser:
     score.add_argument("--na-prob-threshold", type=float, default=1.0)
     score.add_argument("--json", action="store_true")
 
+    serve = commands.add_parser("serve", help="answer over HTTP (Hugging Face inference API shape; see serving.py)")
+    add_model_args(serve)
+    add_answer_args(serve, max_answer_len=15)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+
     add_train_parsers(commands)
     add_search_parsers(commands)
     add_bench_parser(commands)
@@ -452,10 +458,13 @@ def required_model(args: argparse.Namespace) -> str:
     )
 
 
-def load_answerer(args: argparse.Namespace):
+def load_answerer(args: argparse.Namespace, **defaults):
+    """The model of --model, in --precision; `defaults` are options every call gets unless it overrides them."""
     from .pipeline import QuestionAnswerer
 
-    return QuestionAnswerer.from_pretrained(required_model(args), revision=args.revision, precision=args.precision)
+    return QuestionAnswerer.from_pretrained(
+        required_model(args), revision=args.revision, precision=args.precision, **defaults
+    )
 
 
 def answer_options(args: argparse.Namespace) -> dict:
@@ -531,6 +540,20 @@ def cmd_ask(args: argparse.Namespace) -> int:
             print(f"Q: {question}")
         for a in answers:
             print(f"{a['answer'] or '(no answer)'}\t(score {a['score']:.4f}, chars {a['start']}-{a['end']})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serving import create_app
+    except ImportError as e:
+        extra = "pip install 'dynamic-tinybert[serve]'"
+        raise UsageError(f"dtb serve needs the serve extra ({e.name} is missing): {extra}") from None
+
+    qa = load_answerer(args, **answer_options(args))  # checked here: a bad default fails before listening
+    uvicorn.run(create_app(qa, name=required_model(args)), host=args.host, port=args.port)
     return 0
 
 
@@ -859,6 +882,7 @@ def print_table(values: dict) -> None:
 
 COMMANDS = {
     "ask": cmd_ask,
+    "serve": cmd_serve,
     "eval": cmd_eval,
     "score": cmd_score,
     "info": cmd_info,
