@@ -54,7 +54,7 @@ def measure(
                 "length_config": str(point.length_config),
                 "macs_ratio": round(point.macs_ratio, 4),
                 "calibrated_ms": round(point.latency_ms, 3),
-                "ms_per_token": round(point.latency_ms_per_token, 5),
+                "ms_per_token": round(point.latency.ms_per_token, 5),
                 "predicted_ms": round(predicted, 3),
                 "measured_ms": round(latency.ms, 3),
                 "error": round(latency.ms / predicted - 1, 4),
@@ -67,7 +67,7 @@ def measure(
         "batch_size": batch_size,
         "repeats": repeats,
         "calibrated_on": f"{data.name}: {calibrate} questions spread evenly over the file, "
-        f"{frontier.full.latency_tokens:.1f} tokens/question",
+        f"{frontier.full.latency.tokens:.1f} tokens/question",
         "measured_on": f"{data.name}: {questions} other questions spread evenly over it, "
         f"{measured[-1].tokens:.1f} tokens/question",
         "rows": rows,

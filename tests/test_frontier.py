@@ -44,7 +44,7 @@ def point(macs_ratio: float, f1: float, ratios: tuple[float, ...] | None = None,
         macs_ratio=macs_ratio,
         keep_ratios=ratios,
         data="synthetic (8 questions)",
-        latency_ms=latency_ms,
+        latency=None if latency_ms is None else Latency(latency_ms, tokens=None),
         latency_batch_size=None if latency_ms is None else 8,
     )
 

@@ -38,11 +38,14 @@ class Point:
     macs_ratio: float  # of the full model's MACs on the same inputs
     keep_ratios: tuple[float, ...]  # mean fraction of each input's real tokens each layer keeps
     data: str  # what F1, EM and MACs were measured on
-    latency_ms: float | None = None  # per question, mean over the timed sample, where it was last measured
-    latency_batch_size: int | None = None
-    latency_tokens: float | None = None  # the timed sample's mean real tokens per question
-    latency_ms_per_token: float = 0.0  # how latency grows with a question's length (0: not known)
+    latency: Latency | None = None  # per question, where it was last measured (None: never timed)
+    latency_batch_size: int | None = None  # the batch size it was timed at
     evaluations: dict[str, dict] = field(default_factory=dict)  # other data (e.g. dev) -> its metrics
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Mean ms per question over the timed sample; None: not measured."""
+        return None if self.latency is None else self.latency.ms
 
     def to_dict(self) -> dict:
         data = {
@@ -54,12 +57,12 @@ class Point:
             "keep_ratios": [round(r, 4) for r in self.keep_ratios],
             "data": self.data,
         }
-        if self.latency_ms is not None:
-            data["latency_ms"] = round(self.latency_ms, 4)
+        if self.latency is not None:
+            data["latency_ms"] = round(self.latency.ms, 4)
             data["latency_batch_size"] = self.latency_batch_size
-            if self.latency_tokens is not None:
-                data["latency_tokens"] = round(self.latency_tokens, 2)
-                data["latency_ms_per_token"] = round(self.latency_ms_per_token, 6)
+            if self.latency.tokens is not None:
+                data["latency_tokens"] = round(self.latency.tokens, 2)
+                data["latency_ms_per_token"] = round(self.latency.ms_per_token, 6)
         if self.evaluations:
             data["evaluations"] = self.evaluations
         return data
@@ -74,29 +77,23 @@ class Point:
             macs_ratio=float(data["macs_ratio"]),
             keep_ratios=tuple(float(r) for r in data["keep_ratios"]),
             data=str(data["data"]),
-            latency_ms=None if data.get("latency_ms") is None else float(data["latency_ms"]),
+            latency=None
+            if data.get("latency_ms") is None
+            else Latency(
+                ms=float(data["latency_ms"]),
+                tokens=None if data.get("latency_tokens") is None else float(data["latency_tokens"]),
+                ms_per_token=float(data.get("latency_ms_per_token", 0.0)),
+            ),
             latency_batch_size=data.get("latency_batch_size"),
-            latency_tokens=None if data.get("latency_tokens") is None else float(data["latency_tokens"]),
-            latency_ms_per_token=float(data.get("latency_ms_per_token", 0.0)),
             evaluations=dict(data.get("evaluations", {})),
         )
 
     def with_latency(self, latency: Latency, batch_size: int) -> Point:
-        return replace(
-            self,
-            latency_ms=latency.ms,
-            latency_batch_size=batch_size,
-            latency_tokens=latency.tokens,
-            latency_ms_per_token=latency.ms_per_token,
-        )
+        return replace(self, latency=latency, latency_batch_size=batch_size)
 
     def latency_at(self, tokens: float | None) -> float | None:
         """Predicted ms per question for questions of `tokens` real tokens; None: not measured."""
-        if self.latency_ms is None:
-            return None
-        if self.latency_tokens is None:
-            return self.latency_ms
-        return Latency(self.latency_ms, self.latency_tokens, self.latency_ms_per_token).at(tokens)
+        return None if self.latency is None else self.latency.at(tokens)
 
 
 def pareto_front(points: Iterable[Point], cost: Callable[[Point], float] = lambda p: p.macs_ratio) -> list[Point]:

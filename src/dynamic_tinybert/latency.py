@@ -29,12 +29,15 @@ class Latency:
     """What one length configuration was measured to cost here, per question."""
 
     ms: float  # mean ms per question over the sample, i.e. at `tokens` real tokens per question
-    tokens: float  # mean real tokens per question (all its windows) of the sample
+    tokens: float | None  # mean real tokens per question (all its windows) of the sample; None: not recorded
     ms_per_token: float = 0.0  # slope of the line fitted over the sample's questions; never negative
 
     def at(self, tokens: float | None) -> float:
-        """Predicted ms per question for questions of `tokens` real tokens (None: the sample's mean)."""
-        if tokens is None:
+        """Predicted ms per question for questions of `tokens` real tokens (None: the sample's mean).
+
+        A latency recorded without its sample's length (a pareto.json from before lengths counted) is flat.
+        """
+        if tokens is None or self.tokens is None:
             return self.ms
         return max(0.0, self.ms + self.ms_per_token * (tokens - self.tokens))
 
