@@ -24,8 +24,9 @@ def logits(model, length_config=None) -> torch.Tensor:
     return torch.stack([out.start_logits, out.end_logits])
 
 
-def encoder_linears(model) -> list[nn.Module]:
-    return [m for m in model.bert.encoder.modules() if type(m).__name__ in ("Linear", "BFloat16Linear")]
+def linears_in(module: nn.Module) -> list[nn.Module]:
+    """Every Linear layer under `module`: fp32, bf16 or dynamically quantised."""
+    return [m for m in module.modules() if type(m).__name__ in ("Linear", "BFloat16Linear")]
 
 
 def test_fp32_is_the_model_itself():
@@ -46,7 +47,7 @@ def test_bf16_off_the_cpu_casts_a_copy_of_the_whole_model_and_int8_is_refused():
 def test_bf16_replaces_every_encoder_linear_and_leaves_the_rest_fp32():
     model = tiny_model()
     fast = with_precision(model, "bf16")
-    linears = encoder_linears(fast)
+    linears = linears_in(fast.bert.encoder)
     assert len(linears) == 6 * model.config.num_hidden_layers
     assert all(isinstance(m, BFloat16Linear) and m.weight.dtype == torch.bfloat16 for m in linears)
     assert fast.qa_outputs.weight.dtype == torch.float32
@@ -59,7 +60,7 @@ def test_the_original_model_is_left_untouched():
     before = logits(model)
     with_precision(model, "bf16")
     with_precision(model, "int8")
-    assert all(isinstance(m, nn.Linear) for m in encoder_linears(model))
+    assert all(isinstance(m, nn.Linear) for m in linears_in(model.bert.encoder))
     assert torch.equal(logits(model), before)
 
 
@@ -77,10 +78,18 @@ def test_logits_stay_close_to_fp32_at_full_length_and_while_dropping(precision, 
         assert not torch.equal(approximate, exact)  # it really ran in lower precision
 
 
-def test_int8_quantises_the_encoder_linears_dynamically():
+def test_int8_quantises_every_encoder_linear_dynamically_but_those_of_the_first_layer():
     fast = with_precision(tiny_model(), "int8")
-    linears = encoder_linears(fast)
-    assert len(linears) == 18 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in linears)
+    first, *rest = [linears_in(layer) for layer in fast.bert.encoder.layer]
+    assert len(first) == 6 and all(type(m) is nn.Linear and m.weight.dtype == torch.float32 for m in first)
+    quantised = [m for linears in rest for m in linears]
+    assert len(quantised) == 12 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantised)
+
+
+def test_int8_quantises_a_one_layer_model_whole():
+    fast = with_precision(tiny_model(num_hidden_layers=1), "int8")
+    linears = linears_in(fast.bert.encoder)
+    assert len(linears) == 6 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in linears)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -103,7 +112,7 @@ def test_an_unknown_precision_is_refused():
 
 def test_from_pretrained_applies_the_precision(tiny_checkpoint):
     qa = QuestionAnswerer.from_pretrained(tiny_checkpoint, precision="bf16")
-    assert all(isinstance(m, BFloat16Linear) for m in encoder_linears(qa.model))
+    assert all(isinstance(m, BFloat16Linear) for m in linears_in(qa.model.bert.encoder))
     assert qa(question="where does alice live ?", context="alice lives in paris .")["answer"]
 
 

@@ -6,7 +6,9 @@ The encoder's Linear layers do almost all of the model's MACs. On CPUs with nati
 AMX) a bf16 matmul runs several times faster than fp32; int8 dynamic quantisation (fbgemm) helps on
 CPUs without it. In bf16 the attention (queries, keys, values, the fused softmax(q k) v) and GELU run in
 bf16 too. Everything else stays fp32: embeddings, the residual stream, LayerNorms, the significance
-scores that choose which tokens to keep, and the span head.
+scores that choose which tokens to keep, and the span head. int8 also leaves the first layer in fp32: on
+the shipped MiniLM SQuAD model, quantising it costs about 0.65 of int8's 1.65 F1 (3,000 dev questions)
+while it does a sixth of the work.
 """
 
 from __future__ import annotations
@@ -93,7 +95,12 @@ def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQu
         with warnings.catch_warnings():  # torch deprecates torch.ao quantisation in favour of torchao
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*")
-            linears = {name: qconfig for name, m in encoder.named_modules() if is_converted(name, m)}
+            first = "layer.0." if len(encoder.layer) > 1 else None  # one layer only: quantise it
+            linears = {
+                name: qconfig
+                for name, m in encoder.named_modules()
+                if is_converted(name, m) and not (first and name.startswith(first))
+            }
             model.bert.encoder = torch.ao.quantization.quantize_dynamic(encoder, linears, torch.qint8)
         return model
     for parent in list(encoder.modules()):
