@@ -494,7 +494,9 @@ def test_info_on_a_model_with_128_positions_works_without_lengths(dtb, tiny_chec
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["ask"], ["eval"], ["score"], ["info"]], ids=["dtb", "ask", "eval", "score", "info"]
+    "command",
+    [[], ["ask"], ["eval"], ["score"], ["info"], ["serve"]],
+    ids=["dtb", "ask", "eval", "score", "info", "serve"],
 )
 def test_help_exits_0_with_usage(capsys: pytest.CaptureFixture, command: list[str]):
     with pytest.raises(SystemExit) as exit_:

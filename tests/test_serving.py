@@ -169,3 +169,11 @@ def test_dtb_serve_answers_over_real_http(tiny_checkpoint: Path, qa):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_serve_without_the_serve_extra_says_what_to_install(tiny_checkpoint: Path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if uvicorn were not installed
+    code = cli.main(["serve", "--model", str(tiny_checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "uvicorn is missing" in err and "dynamic-tinybert[serve]" in err
