@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from synthetic import synthetic_dataset, write_squad_file
 from test_frontier import FRONTIER, MID
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli
@@ -177,3 +178,17 @@ def test_serve_without_the_serve_extra_says_what_to_install(tiny_checkpoint: Pat
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "uvicorn is missing" in err and "dynamic-tinybert[serve]" in err
+
+
+def test_the_serve_latency_bench_times_both_paths_on_the_same_questions(tiny_checkpoint: Path, tmp_path: Path):
+    data = write_squad_file(synthetic_dataset(6, seed=2), tmp_path / "dev.json")
+    output = tmp_path / "serve-latency"
+    command = [sys.executable, "bench/serve_latency.py", "--model", str(tiny_checkpoint), "--data", str(data)]
+    command += ["--questions", "4", "--length-config", "0.9,0.5,0.3+q", "--threads", "1", "--output", str(output)]
+    run = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(output.with_suffix(".json").read_text())
+    assert list(result["rows"]) == ["in process", "over HTTP"]
+    assert all(row["p50_ms"] > 0 for row in result["rows"].values())
+    assert result["same_answers"] == 1.0 and result["questions"] == 4
+    assert "| over HTTP |" in output.with_suffix(".md").read_text()
