@@ -19,7 +19,6 @@ import threading
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict
 
-from .frontier import BudgetError
 from .length_config import LengthConfig
 from .pipeline import QuestionAnswerer
 
@@ -81,7 +80,7 @@ def create_app(qa: QuestionAnswerer, name: str = "model") -> FastAPI:
                 options["length_config"] = LengthConfig.parse(options["length_config"])
             with one_at_a_time:
                 results = qa([pair.model_dump() for pair in pairs], **options)
-        except (ValueError, BudgetError) as e:  # LengthConfigError is a ValueError
+        except ValueError as e:  # so are BudgetError and LengthConfigError
             raise HTTPException(422, str(e)) from None
         return results if isinstance(request.inputs, list) else results[0]
 
