@@ -398,6 +398,34 @@ def test_length_config_for_another_number_of_layers_is_a_usage_error(dtb, model_
     assert_usage_error(result, "2 entries", "3 layers")
 
 
+@pytest.mark.parametrize("command", ["ask", "eval", "calibrate", "serve", "bench"])
+def test_a_device_torch_cannot_name_is_refused_before_the_model_loads(dtb, model_dir: Path, command: str):
+    args = {
+        "ask": ["ask", QUESTION, "--context", CONTEXT],
+        "eval": ["eval", "--data", DEV_V11],
+        "calibrate": ["calibrate", "--data", DEV_V11],
+        "serve": ["serve"],
+        "bench": ["bench", "--data", DEV_V11],
+    }[command]
+    result = dtb(*args, "--model", model_dir, "--device", "tpu")
+    assert_usage_error(result, "argument --device", "cpu or cuda", "'tpu'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_a_usage_error(dtb, model_dir: Path):
+    result = dtb("eval", "--data", DEV_V11, "--model", model_dir, "--device", "cuda")
+    assert_usage_error(result, "argument --device", "sees no CUDA GPU")
+
+
+@needs_data
+def test_eval_on_the_cpu_device_answers_as_without_it(dtb, model_dir: Path, tmp_path: Path):
+    common = ["eval", "--data", DEV_V11, "--limit", 3, "--model", model_dir, "--json"]
+    default = dtb(*common, "--predictions", tmp_path / "a.json")
+    on_cpu = dtb(*common, "--predictions", tmp_path / "b.json", "--device", "cpu")
+    assert default.code == on_cpu.code == 0
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+
+
 def test_missing_data_file_is_named_in_the_error(dtb, model_dir: Path, tmp_path: Path):
     missing = tmp_path / "dev.json"
     assert_usage_error(dtb("eval", "--model", model_dir, "--data", missing), str(missing), "not found")

@@ -330,7 +330,7 @@ def test_dtb_search_writes_pareto_json_beside_the_model_and_a_plot(model_dir, tm
         ["search", "--model", str(model), "--data", str(two_article_file(tmp_path / "train.json"))]
         + ["--holdout-articles", "1", "--method", "evolution", "--population", "4", "--iterations", "2"]
         + ["--mutations", "4", "--crossovers", "4", "--max-answer-len", "30", "--latency-questions", "4"]
-        + ["--eval-data", str(dev), "--eval-limit", "40", "--plot", str(tmp_path / "pareto.png")]
+        + ["--eval-data", str(dev), "--eval-limit", "40", "--plot", str(tmp_path / "pareto.png"), "--device", "cpu"]
     )
     out = capsys.readouterr().out
     assert code == 0
@@ -384,6 +384,7 @@ def test_dtb_sweep_writes_the_baseline_points(model_dir, tmp_path, capsys):
         (["--method", "grid"], "invalid choice"),
         (["--max-points", "1"], "max_points must be >= 2"),
         (["--ratios", "1.5"], None),
+        (["--device", "tpu"], "argument --device: device must be cpu or cuda"),
     ],
 )
 def test_dtb_search_rejects_bad_arguments_in_one_line(model_dir, tmp_path, capsys, extra, message):

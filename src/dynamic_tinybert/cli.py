@@ -72,6 +72,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
+def device_arg(text: str) -> str:
+    """cpu or cuda[:N], refused at once when this torch cannot use it."""
+    try:
+        benchmark.check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_device_arg(parser: argparse.ArgumentParser, help: str = "cpu, or cuda (cuda:N): where the model runs") -> None:
+    parser.add_argument("--device", type=device_arg, default="cpu", help=help)
+
+
 def duration_arg(text: str) -> float:
     """Seconds, or a number with s, m or h: "900", "15m", "1.5h"."""
     units = {"s": 1, "m": 60, "h": 3600}
@@ -124,6 +137,7 @@ def build_parser() -> Parser:
     source.add_argument("--context-file", type=Path, help="read the context from this file")
     source.add_argument("--input", type=Path, help="JSON lines of {'question': ..., 'context': ...}")
     add_model_args(ask)
+    add_device_arg(ask)
     add_answer_args(ask, max_answer_len=15)
     ask.add_argument("--top-k", type=int, default=1)
     ask.add_argument("--handle-impossible-answer", action="store_true", help="let the empty answer compete")
@@ -132,6 +146,7 @@ def build_parser() -> Parser:
     ev = commands.add_parser("eval", help="answer a SQuAD file and score it")
     ev.add_argument("--data", type=Path, required=True, help="SQuAD v1.1 or v2.0 file (.json or .json.gz)")
     add_model_args(ev)
+    add_device_arg(ev)
     add_answer_args(ev, max_answer_len=30)
     ev.add_argument("--limit", type=int, help="only the first N questions")
     ev.add_argument("--predictions", type=Path, default=Path("predictions.json"), help="where to write answers")
@@ -146,6 +161,7 @@ def build_parser() -> Parser:
 
     serve = commands.add_parser("serve", help="answer over HTTP (Hugging Face inference API shape; see serving.py)")
     add_model_args(serve)
+    add_device_arg(serve)
     add_answer_args(serve, max_answer_len=15)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000)
@@ -365,6 +381,7 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
     sweep = commands.add_parser("sweep", help="the constant keep-ratio curve: the baseline a search must beat")
     for parser in (search, sweep):
         add_model_args(parser)
+        add_device_arg(parser)
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--data", type=Path, help="the training file: its last --holdout-articles are searched on")
         source.add_argument(
@@ -421,6 +438,7 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
 
     calibrate = commands.add_parser("calibrate", help="measure the frontier's latencies on this machine")
     add_model_args(calibrate)
+    add_device_arg(calibrate)
     calibrate.add_argument("--data", type=Path, required=True, help="SQuAD file whose questions are timed")
     calibrate.add_argument(
         "--limit", type=int, default=32, help="questions to time, spread evenly over the file (default 32)"
@@ -463,7 +481,7 @@ def load_answerer(args: argparse.Namespace, **defaults):
     from .pipeline import QuestionAnswerer
 
     return QuestionAnswerer.from_pretrained(
-        required_model(args), revision=args.revision, precision=args.precision, **defaults
+        required_model(args), revision=args.revision, device=args.device, precision=args.precision, **defaults
     )
 
 
@@ -714,7 +732,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     directory = checkpoint.resolve(required_model(args), args.revision)
     output = output_folder(args, directory)
-    qa = QuestionAnswerer.from_pretrained(directory, precision=args.precision)
+    qa = QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision)
     dataset, name = search_set(args)
     eval_sets = dict([eval_set(args)]) if args.eval_data else None
     with tqdm(total=settings.budget(), unit="config", desc="search", file=sys.stderr, disable=None) as bar:
@@ -738,7 +756,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     directory = checkpoint.resolve(required_model(args), args.revision)
     target = args.output or output_folder(args, directory) / "sweep.json"
-    qa = QuestionAnswerer.from_pretrained(directory, precision=args.precision)
+    qa = QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision)
     dataset, name = search_set(args)
     latency_batch = args.latency_batch_size if args.latency else None
     with tqdm(total=len(args.ratios), unit="config", desc="sweep", file=sys.stderr, disable=None) as bar:
@@ -766,7 +784,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     directory = checkpoint.resolve(required_model(args), args.revision)
     output = output_folder(args, directory)
-    qa = QuestionAnswerer.from_pretrained(directory, precision=args.precision)
+    qa = QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision)
     if qa.frontier is None:
         raise UsageError(f"dtb calibrate: {directory} has no frontier (pareto.json); run `dtb search` first")
     sample = evenly_spaced(load_squad(args.data).questions, args.limit)
@@ -837,10 +855,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         "(default: full length, every frontier point, bf16, int8, the pipeline and ONNX Runtime at batch 1 and 32)",
     )
     bench.add_argument("--max-answer-len", type=int, default=30, help="longest answer in tokens, for every system")
-    bench.add_argument(
-        "--device",
-        default="cpu",
-        help="cpu, or cuda: the project and the pipeline on the GPU (default systems there: bf16, batch 1 and 256)",
+    add_device_arg(
+        bench, help="cpu, or cuda: the project and the pipeline on the GPU (default systems there: bf16, batch 1, 256)"
     )
     bench.add_argument("--output", type=Path, help="also write OUTPUT.md, OUTPUT.json and OUTPUT.png")
     bench.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
