@@ -362,14 +362,14 @@ def test_padded_batch_gives_the_same_logits_as_each_input_alone(config):
             torch.testing.assert_close(batched.end_logits[b, :n], alone.end_logits[0], atol=1e-5, rtol=0)
 
 
-def test_protect_question_keeps_every_question_token_in_the_first_dropping_layer(recorded_selections):
+def test_protect_question_keeps_every_question_token_that_fits_in_half_of_the_kept_tokens(recorded_selections):
     model = tiny_model(seed=0, **SHARP)
     ids, mask, types = make_batch([16, 13], [4, 2], model.config.vocab_size, seed=6)
     segment_a = [list(range(0, 6)), list(range(0, 4))]  # [CLS] + question + [SEP]: token type 0
 
     with torch.no_grad():
-        model(ids, mask, types, length_config=LengthConfig.tokens([7, 7, 7]))
-        model(ids, mask, types, length_config=LengthConfig.tokens([7, 7, 7], protect_question=True))
+        model(ids, mask, types, length_config=LengthConfig.tokens([10, 10, 10]))
+        model(ids, mask, types, length_config=LengthConfig.tokens([10, 10, 10], protect_question=True))
 
     (unprotected, _), (protected, protected_mask) = recorded_selections
     assert any(not set(segment_a[b]) <= set(unprotected[b].tolist()) for b in range(2))  # would be dropped
@@ -473,20 +473,34 @@ def test_select_tokens_kept_set_matches_top_k_of_summed_attention():
         assert index[b][new_mask[b]].tolist() == sorted([0, *top])
 
 
-def test_select_tokens_keeps_protected_question_tokens_before_context():
+def test_select_tokens_keeps_protected_question_tokens_before_context_in_half_of_the_kept_slots():
     mask = torch.ones(1, 9, dtype=torch.bool)
     types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 1]])  # [CLS] q q q [SEP] context...
     received = torch.tensor([[1.0, 0.1, 0.2, 0.3, 0.4, 9.0, 8.0, 7.0, 6.0]])  # context most attended
-    probs = hand_made_probs(received, mask)
+    significance = attention_significance(hand_made_probs(received, mask), mask)
     protected = token_ranks(mask, types, protect_question=True)
     unprotected = token_ranks(mask, types, protect_question=False)
 
-    index, _ = select_tokens(attention_significance(probs, mask), mask, protected, torch.tensor([5]))
-    assert index.tolist() == [[0, 1, 2, 3, 4]]
-    index, _ = select_tokens(attention_significance(probs, mask), mask, protected, torch.tensor([7]))
-    assert index.tolist() == [[0, 1, 2, 3, 4, 5, 6]]
-    index, _ = select_tokens(attention_significance(probs, mask), mask, unprotected, torch.tensor([5]))
-    assert index.tolist() == [[0, 5, 6, 7, 8]]
+    def kept(rank, keep):
+        return select_tokens(significance, mask, rank, torch.tensor([keep]))[0].tolist()
+
+    assert kept(protected, 8) == [[0, 1, 2, 3, 4, 5, 6, 7]]  # all four question tokens fit in half of 8
+    # 5 slots: the two most significant question tokens are protected; the rest compete with the context
+    assert kept(protected, 5) == [[0, 3, 4, 5, 6]]
+    assert kept(protected, 2) == [[0, 4]]
+    assert kept(unprotected, 5) == [[0, 5, 6, 7, 8]]
+
+
+def test_select_tokens_protects_question_tokens_of_each_input_by_its_own_keep_count():
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    types = torch.tensor([[0, 0, 0, 0, 1, 1, 1]] * 2)  # [CLS] q q [SEP] context...
+    received = torch.tensor([[1.0, 0.1, 0.3, 0.2, 9.0, 8.0, 7.0]] * 2)
+    significance = attention_significance(hand_made_probs(received, mask), mask)
+    rank = token_ranks(mask, types, protect_question=True)
+
+    index, new_mask = select_tokens(significance, mask, rank, torch.tensor([6, 3]))
+    assert index[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert index[1][new_mask[1]].tolist() == [0, 2, 4]
 
 
 def test_token_ranks_put_cls_first_then_protected_question_then_context_then_padding():

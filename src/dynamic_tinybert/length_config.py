@@ -24,7 +24,8 @@ class LengthConfig:
 
     `values` holds token counts when `relative` is False and keep ratios in (0, 1] of each input's real
     length when it is True. `protect_question` ranks question tokens above context tokens, so they are
-    dropped last. [CLS] is always kept and padding is never kept while a real token is dropped.
+    dropped last, up to half of the tokens a layer keeps (the other half stays open to the context).
+    [CLS] is always kept and padding is never kept while a real token is dropped.
     """
 
     values: tuple[float, ...]

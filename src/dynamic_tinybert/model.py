@@ -233,12 +233,22 @@ def select_tokens(
 
     significance (B, T); mask (B, T) real tokens; rank (B, T) one of the RANK_* values; keep (B,) tokens to
     keep, at most the input's real tokens. Tokens are ordered by rank first and significance second, so
-    [CLS] always survives and padding never displaces a real token.
+    [CLS] always survives and padding never displaces a real token. Protected question tokens keep their
+    rank only in the first half of the kept slots (`keep[b] // 2` of them, most significant first).
 
     Returns index (B, K) into the current tokens, kept ones in their original order, K = max(keep);
     and the new mask (B, K), False in the slots of inputs that keep fewer than K.
     """
     B, T = mask.shape
+    question = rank == RANK_QUESTION
+    if bool(question.any()):
+        # Protected question tokens fill at most half of the kept slots; the rest compete with the context
+        # on significance, so that a layer keeping few tokens (or a short context) still keeps context.
+        by_question_significance = significance.masked_fill(~question, -math.inf).argsort(dim=1, descending=True)
+        place = torch.empty_like(by_question_significance).scatter_(
+            1, by_question_significance, torch.arange(T, device=mask.device).expand(B, T)
+        )
+        rank = rank.masked_fill(question & (place >= (keep // 2)[:, None]), RANK_TOKEN)
     by_significance = significance.argsort(dim=1, descending=True, stable=True)
     by_rank = rank.gather(1, by_significance).argsort(dim=1, descending=True, stable=True)
     order = by_significance.gather(1, by_rank)  # (B, T) best first
