@@ -253,6 +253,47 @@ def test_an_interrupted_optuna_search_resumes_without_repeating_finished_trials(
     assert len(complete) == 30
 
 
+def test_an_interrupted_evolution_search_resumed_from_its_log_ends_where_an_uninterrupted_one_does(
+    qa, evolution, tmp_path
+):
+    measured = []
+
+    def crash_after_30(n: int) -> None:
+        measured.append(n)
+        if len(measured) == 30:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_search(qa, EVOLUTION, tmp_path, progress=crash_after_30)
+    log = tmp_path / LOG_FILE
+    first_run = log.read_text().splitlines()
+    with open(log, "a") as file:  # the crash cut the next line short
+        file.write(first_run[-1][:40])
+
+    frontier = run_search(qa, replace(EVOLUTION, resume=True), tmp_path)
+    second_run = log.read_text().splitlines()[len(first_run) :]  # the cut line is gone
+    configs = [json.dumps(json.loads(line)["length_config"]) for line in (*first_run, *second_run)]
+    assert frontier.search["resumed_trials"] == len(first_run) == 30
+    assert len(configs) == len(set(configs)) == frontier.search["evaluations"]  # nothing measured twice
+    assert frontier.search["evaluated_now"] == len(second_run)
+    assert [(p.length_config, p.f1) for p in frontier.points] == [(p.length_config, p.f1) for p in evolution.points]
+
+
+def test_resume_reuses_only_points_of_the_same_data_and_refuses_a_broken_log(qa, tmp_path):
+    small = replace(EVOLUTION, evolution=EvolutionSettings(population=2, iterations=1, mutations=2, crossovers=2))
+    run_search(qa, small, tmp_path)
+    log = tmp_path / LOG_FILE
+    other = [json.dumps({**json.loads(line), "data": "other data"}) for line in log.read_text().splitlines()]
+    log.write_text("\n".join(other) + "\n")
+    assert run_search(qa, replace(small, resume=True), tmp_path).search["resumed_trials"] == 0
+
+    log.write_text("not json\n" + log.read_text())
+    with pytest.raises(ValueError, match="line 1 is not a search log entry"):
+        run_search(qa, replace(small, resume=True), tmp_path)
+    with pytest.raises(ValueError, match="optuna resumes through its study"):
+        replace(OPTUNA, resume=True)
+
+
 def test_a_time_limit_stops_the_search_early_but_still_writes_the_frontier(qa, tmp_path):
     calls = []
     frontier = run_search(qa, replace(EVOLUTION, time_limit=1.0), tmp_path, progress=calls.append)

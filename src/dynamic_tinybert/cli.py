@@ -425,6 +425,12 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
     search.add_argument(
         "--max-points", type=int, help="keep at most N frontier points, spread evenly over cost (all stay in the log)"
     )
+    search.add_argument(
+        "--resume",
+        action="store_true",
+        help="evolution: reuse the points search-log.jsonl in the output folder holds for the same data "
+        "(same model and code only; delete a line to measure it again)",
+    )
     sweep.add_argument(
         "--ratios",
         type=float_list_arg,
@@ -729,6 +735,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         latency_batch_size=args.latency_batch_size,
         latency_questions=args.latency_questions,
         max_points=args.max_points,
+        resume=args.resume,
     )
     directory = checkpoint.resolve(required_model(args), args.revision)
     output = output_folder(args, directory)

@@ -47,6 +47,7 @@ class Candidates:
         self.deadline = None if time_limit is None else time.monotonic() + time_limit
         self.log_path, self.progress = log_path, progress
         self.points: dict[LengthConfig, Point] = {}
+        self.logged: dict[LengthConfig, Point] = {}  # measured by an earlier run, taken when the search asks
         self.new_evaluations = 0
 
     @property
@@ -65,11 +66,22 @@ class Candidates:
         """Record a point measured earlier (a resumed search), so it is not measured again."""
         self.points[point.length_config] = point
 
+    def remember(self, point: Point) -> None:
+        """A point an earlier run logged: `evaluate` takes it instead of measuring when the search asks for it,
+        so a resumed search replays the same steps (its frontier grows as it did then)."""
+        self.logged[point.length_config] = point
+
     def evaluate(self, config: LengthConfig, source: str) -> Point:
         """The point of a configuration, measured now unless it was before; `source` goes to the log."""
         if config in self.points:
             return self.points[config]
-        point = self.measure(config)
+        if config in self.logged:
+            self.points[config] = self.logged.pop(config)
+            if self.progress is not None:
+                self.progress(1)
+            return self.points[config]
+        # the search decides on the values the log keeps (rounded), so that a resumed one decides the same
+        point = Point.from_dict(self.measure(config).to_dict())
         self.points[config] = point
         self.new_evaluations += 1
         if self.log_path is not None:

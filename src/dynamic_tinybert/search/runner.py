@@ -4,12 +4,14 @@ then the chosen method, then latencies of the frontier and its scores on separat
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..evaluate import Evaluator
+from ..fileio import atomic_write_text
 from ..frontier import Frontier, Point, spread
 from ..length_config import LengthConfig
 from ..pipeline import QuestionAnswerer
@@ -41,10 +43,13 @@ class SearchSettings:
     latency_questions: int = 32
     latency_repeats: int = 3
     max_points: int | None = None  # keep at most this many frontier points, spread over cost (all stay in the log)
+    resume: bool = False  # evolution: reuse the points the output folder's log holds for the same data and grid
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.resume and self.method != "evolution":
+            raise ValueError("resume applies to the evolution search; optuna resumes through its study by itself")
         if self.max_points is not None and self.max_points < 2:
             raise ValueError(
                 f"max_points must be >= 2 (the cheapest and the most accurate point), got {self.max_points}"
@@ -93,7 +98,7 @@ def search(
     # The full model and the constant keep-ratio curve come first: the plot and the budgets need them,
     # and they give the search good parents.
     seeds = [space.full()] + [space.constant(i) for i in range(space.top - 1, -1, -1)]
-    resumed = 0
+    resumed = reuse_logged_points(candidates, output_dir / LOG_FILE) if settings.resume else 0
     if settings.method == "optuna":
         resumed = optuna_search(
             candidates,
@@ -145,6 +150,37 @@ def search(
     )
     result.save(output_dir)
     return result
+
+
+def reuse_logged_points(candidates: Candidates, log: Path) -> int:
+    """Remember the points an earlier search logged on the same data and grid, so that evolution (which
+    replays its seed) measures only what is missing; returns how many configurations the log holds.
+
+    The caller vouches that the model and the code that measured them are the same; a configuration can be
+    measured again by deleting its lines from the log.
+    """
+    if not log.exists():
+        return 0
+    lines = log.read_text(encoding="utf-8").splitlines()
+    reused = set()
+    for number, line in enumerate(lines, 1):
+        try:
+            point = Point.from_dict(json.loads(line))
+        except (ValueError, KeyError, TypeError) as error:
+            if number == len(lines):  # a line cut short by a crash mid-write: drop it, so the next one starts clean
+                atomic_write_text(log, "".join(f"{kept}\n" for kept in lines[:-1]))
+                break
+            raise ValueError(f"{log} line {number} is not a search log entry: {error}") from None
+        config = point.length_config
+        if point.data != candidates.data_name or config.protect_question != candidates.space.protect_question:
+            continue
+        try:
+            candidates.space.genome(config)
+        except ValueError:
+            continue  # measured on another grid
+        candidates.remember(point)
+        reused.add(config)
+    return len(reused)
 
 
 def with_evaluation(point: Point, name: str, evaluator: Evaluator) -> Point:
