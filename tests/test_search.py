@@ -407,6 +407,27 @@ def test_dtb_search_with_optuna_resumes_from_the_study_beside_the_model(model_di
     assert printed["search"]["precision"] == "bf16" and printed["search"]["resumed_trials"] == 0
 
 
+def test_dtb_search_start_from_measures_an_earlier_frontier_first(model_dir, tmp_path, capsys):
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    configs = [LengthConfig.ratios([0.85, 0.45, 0.35]), LengthConfig.ratios([0.65, 0.6, 0.15])]
+    points = [Point(c, f1=50.0, em=40.0, macs=1.0, macs_ratio=0.5, keep_ratios=c.values, data="x") for c in configs]
+    Frontier(points=points, full=points[-1]).save(earlier)
+    data = write_squad_file(SEARCH_DATA, tmp_path / "s.json")
+    args = ["search", "--model", str(model_dir), "--search-data", str(data)]
+    args += ["--population", "2", "--iterations", "1", "--mutations", "2", "--crossovers", "2"]
+    args += ["--latency-questions", "2", "--output", str(tmp_path / "out")]
+    assert main([*args, "--start-from", str(earlier / "pareto.json")]) == 0
+    log = [json.loads(line) for line in (tmp_path / "out" / LOG_FILE).read_text().splitlines()]
+    initial = [LengthConfig.from_dict(line["length_config"]) for line in log if line["source"] == "initial"]
+    assert set(configs) <= set(initial)
+    assert all(line["f1"] != 50.0 for line in log)  # measured here, not copied
+
+    capsys.readouterr()
+    assert main([*args, "--start-from", str(tmp_path)]) == 2
+    assert "--start-from" in capsys.readouterr().err
+
+
 def test_dtb_sweep_writes_the_baseline_points(model_dir, tmp_path, capsys):
     data = write_squad_file(SEARCH_DATA, tmp_path / "s.json")
     target = tmp_path / "sweep.json"

@@ -426,6 +426,11 @@ def add_search_parsers(commands: argparse._SubParsersAction) -> None:
         "--max-points", type=int, help="keep at most N frontier points, spread evenly over cost (all stay in the log)"
     )
     search.add_argument(
+        "--start-from",
+        type=Path,
+        help="also measure first the frontier of this pareto.json (or folder holding one), e.g. an earlier search's",
+    )
+    search.add_argument(
         "--resume",
         action="store_true",
         help="evolution: reuse the points search-log.jsonl in the output folder holds for the same data "
@@ -736,6 +741,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         latency_questions=args.latency_questions,
         max_points=args.max_points,
         resume=args.resume,
+        start_from=start_configs(args.start_from),
     )
     directory = checkpoint.resolve(required_model(args), args.revision)
     output = output_folder(args, directory)
@@ -755,6 +761,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
         print_frontier(frontier)
     return 0
+
+
+def start_configs(path: Path | None) -> tuple[LengthConfig, ...]:
+    """The length configurations of the frontier in `path` (a pareto.json or a folder holding one)."""
+    if path is None:
+        return ()
+    frontier = load_frontier(path.parent if path.is_file() else path)
+    if frontier is None:
+        raise BudgetError(f"--start-from {path}: no {FRONTIER_FILE} there")
+    return tuple(point.length_config for point in frontier.points)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ class SearchSettings:
     latency_repeats: int = 3
     max_points: int | None = None  # keep at most this many frontier points, spread over cost (all stay in the log)
     resume: bool = False  # evolution: reuse the points the output folder's log holds for the same data and grid
+    start_from: tuple[LengthConfig, ...] = ()  # measured first, beside the full model (e.g. an earlier frontier)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -98,6 +99,7 @@ def search(
     # The full model and the constant keep-ratio curve come first: the plot and the budgets need them,
     # and they give the search good parents.
     seeds = [space.full()] + [space.constant(i) for i in range(space.top - 1, -1, -1)]
+    seeds += [genome for genome in map(space.genome, settings.start_from) if genome not in seeds]
     resumed = reuse_logged_points(candidates, output_dir / LOG_FILE) if settings.resume else 0
     if settings.method == "optuna":
         resumed = optuna_search(
