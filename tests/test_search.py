@@ -281,7 +281,13 @@ def test_an_interrupted_evolution_search_resumed_from_its_log_ends_where_an_unin
 
 def test_resume_reuses_only_points_of_the_same_data_and_refuses_a_broken_log(qa, tmp_path):
     small = replace(EVOLUTION, evolution=EvolutionSettings(population=2, iterations=1, mutations=2, crossovers=2))
-    run_search(qa, small, tmp_path)
+    first = run_search(qa, small, tmp_path)
+    shorter = replace(
+        small, resume=True, evolution=EvolutionSettings(population=1, iterations=1, mutations=0, crossovers=0)
+    )
+    again = run_search(qa, shorter, tmp_path)  # reaches fewer configurations; the others still count
+    assert again.search["evaluated_now"] == 0 and again.search["evaluations"] == first.search["evaluations"]
+    assert [p.length_config for p in again.points] == [p.length_config for p in first.points]
     log = tmp_path / LOG_FILE
     other = [json.dumps({**json.loads(line), "data": "other data"}) for line in log.read_text().splitlines()]
     log.write_text("\n".join(other) + "\n")
@@ -413,11 +419,12 @@ def test_dtb_search_start_from_measures_an_earlier_frontier_first(model_dir, tmp
     configs = [LengthConfig.ratios([0.85, 0.45, 0.35]), LengthConfig.ratios([0.65, 0.6, 0.15])]
     points = [Point(c, f1=50.0, em=40.0, macs=1.0, macs_ratio=0.5, keep_ratios=c.values, data="x") for c in configs]
     Frontier(points=points, full=points[-1]).save(earlier)
+    (earlier / "pareto.json").rename(earlier / "earlier-pareto.json")  # a file of any name
     data = write_squad_file(SEARCH_DATA, tmp_path / "s.json")
     args = ["search", "--model", str(model_dir), "--search-data", str(data)]
     args += ["--population", "2", "--iterations", "1", "--mutations", "2", "--crossovers", "2"]
     args += ["--latency-questions", "2", "--output", str(tmp_path / "out")]
-    assert main([*args, "--start-from", str(earlier / "pareto.json")]) == 0
+    assert main([*args, "--start-from", str(earlier / "earlier-pareto.json")]) == 0
     log = [json.loads(line) for line in (tmp_path / "out" / LOG_FILE).read_text().splitlines()]
     initial = [LengthConfig.from_dict(line["length_config"]) for line in log if line["source"] == "initial"]
     assert set(configs) <= set(initial)

@@ -25,7 +25,7 @@ from .cost import macs
 from .features import window_defaults
 from .fileio import atomic_write_text
 from .frontier import FILENAME as FRONTIER_FILE
-from .frontier import BudgetError, load_frontier
+from .frontier import BudgetError, load_frontier, read_frontier
 from .length_config import LengthConfig, LengthConfigError
 from .precision import PRECISIONS
 from .pruning import PATTERNS as PRUNING_PATTERNS
@@ -767,7 +767,7 @@ def start_configs(path: Path | None) -> tuple[LengthConfig, ...]:
     """The length configurations of the frontier in `path` (a pareto.json or a folder holding one)."""
     if path is None:
         return ()
-    frontier = load_frontier(path.parent if path.is_file() else path)
+    frontier = read_frontier(path) if path.is_file() else load_frontier(path)
     if frontier is None:
         raise BudgetError(f"--start-from {path}: no {FRONTIER_FILE} there")
     return tuple(point.length_config for point in frontier.points)

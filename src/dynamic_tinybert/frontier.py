@@ -212,8 +212,12 @@ class Frontier:
 def load_frontier(directory: str | os.PathLike) -> Frontier | None:
     """The frontier saved in a checkpoint directory, or None if it has none."""
     path = Path(directory) / FILENAME
-    if not path.is_file():
-        return None
+    return read_frontier(path) if path.is_file() else None
+
+
+def read_frontier(path: str | os.PathLike) -> Frontier:
+    """The frontier in a `pareto.json`-format file of any name; a clear error if it is not one."""
+    path = Path(path)
     try:
         frontier = Frontier.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:

@@ -113,6 +113,8 @@ def search(
         )
     else:
         evolution_search(candidates, settings.evolution, settings.seed, seeds)
+    for point in candidates.logged.values():  # logged before, not reached this time: measured all the same
+        candidates.add(point)
     full_config = space.config(space.full())
     if full_config not in candidates.points:
         raise ValueError("the time limit ran out before the full model was measured; give the search more time")
@@ -156,7 +158,8 @@ def search(
 
 def reuse_logged_points(candidates: Candidates, log: Path) -> int:
     """Remember the points an earlier search logged on the same data and grid, so that evolution (which
-    replays its seed) measures only what is missing; returns how many configurations the log holds.
+    replays its seed) measures only what is missing and the frontier counts them all; returns how many
+    configurations the log holds.
 
     The caller vouches that the model and the code that measured them are the same; a configuration can be
     measured again by deleting its lines from the log.
