@@ -225,17 +225,22 @@ class Interrupt(Exception):
     pass
 
 
-def test_an_interrupted_optuna_search_resumes_without_repeating_finished_trials(qa, tmp_path):
-    settings = replace(OPTUNA, trials=30)
-    measured = []
+def crash_after(measurements: int):
+    """A progress callback that interrupts the search at its `measurements`-th measured configuration."""
+    seen = []
 
-    def crash_after_24(n: int) -> None:
-        measured.append(n)
-        if len(measured) == 24:
+    def progress(n: int) -> None:
+        seen.append(n)
+        if len(seen) == measurements:
             raise Interrupt
 
+    return progress
+
+
+def test_an_interrupted_optuna_search_resumes_without_repeating_finished_trials(qa, tmp_path):
+    settings = replace(OPTUNA, trials=30)
     with pytest.raises(Interrupt):
-        run_search(qa, settings, tmp_path, progress=crash_after_24)
+        run_search(qa, settings, tmp_path, progress=crash_after(24))
     first_run = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
     assert len(first_run) == 24
 
@@ -256,15 +261,8 @@ def test_an_interrupted_optuna_search_resumes_without_repeating_finished_trials(
 def test_an_interrupted_evolution_search_resumed_from_its_log_ends_where_an_uninterrupted_one_does(
     qa, evolution, tmp_path
 ):
-    measured = []
-
-    def crash_after_30(n: int) -> None:
-        measured.append(n)
-        if len(measured) == 30:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        run_search(qa, EVOLUTION, tmp_path, progress=crash_after_30)
+        run_search(qa, EVOLUTION, tmp_path, progress=crash_after(30))
     log = tmp_path / LOG_FILE
     first_run = log.read_text().splitlines()
     with open(log, "a") as file:  # the crash cut the next line short

@@ -496,6 +496,14 @@ def load_answerer(args: argparse.Namespace, **defaults):
     )
 
 
+def answerer_and_folder(args: argparse.Namespace):
+    """The model of --model, in --precision, with its local folder: search, sweep and calibrate write there."""
+    from .pipeline import QuestionAnswerer
+
+    directory = checkpoint.resolve(required_model(args), args.revision)
+    return QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision), directory
+
+
 def answer_options(args: argparse.Namespace) -> dict:
     return dict(
         length_config=args.length_config, budget=args.budget, latency_ms=args.latency_ms, **window_options(args)
@@ -721,7 +729,6 @@ def output_folder(args: argparse.Namespace, directory: Path) -> Path:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .pipeline import QuestionAnswerer
     from .search import EvolutionSettings, SearchSettings, plot_frontier, search
 
     settings = SearchSettings(
@@ -743,9 +750,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         resume=args.resume,
         start_from=start_configs(args.start_from),
     )
-    directory = checkpoint.resolve(required_model(args), args.revision)
+    qa, directory = answerer_and_folder(args)
     output = output_folder(args, directory)
-    qa = QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision)
     dataset, name = search_set(args)
     eval_sets = dict([eval_set(args)]) if args.eval_data else None
     with tqdm(total=settings.budget(), unit="config", desc="search", file=sys.stderr, disable=None) as bar:
@@ -774,12 +780,10 @@ def start_configs(path: Path | None) -> tuple[LengthConfig, ...]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .pipeline import QuestionAnswerer
     from .search import sweep
 
-    directory = checkpoint.resolve(required_model(args), args.revision)
+    qa, directory = answerer_and_folder(args)
     target = args.output or output_folder(args, directory) / "sweep.json"
-    qa = QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision)
     dataset, name = search_set(args)
     latency_batch = args.latency_batch_size if args.latency else None
     with tqdm(total=len(args.ratios), unit="config", desc="sweep", file=sys.stderr, disable=None) as bar:
@@ -803,11 +807,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .latency import evenly_spaced
-    from .pipeline import QuestionAnswerer
 
-    directory = checkpoint.resolve(required_model(args), args.revision)
+    qa, directory = answerer_and_folder(args)
     output = output_folder(args, directory)
-    qa = QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision)
     if qa.frontier is None:
         raise UsageError(f"dtb calibrate: {directory} has no frontier (pareto.json); run `dtb search` first")
     sample = evenly_spaced(load_squad(args.data).questions, args.limit)

@@ -71,6 +71,12 @@ class Candidates:
         so a resumed search replays the same steps (its frontier grows as it did then)."""
         self.logged[point.length_config] = point
 
+    def adopt_logged(self) -> None:
+        """Count the logged points the search did not reach as measured: they belong on the frontier all the same."""
+        for point in self.logged.values():
+            self.add(point)
+        self.logged.clear()
+
     def evaluate(self, config: LengthConfig, source: str) -> Point:
         """The point of a configuration, measured now unless it was before; `source` goes to the log."""
         if config in self.points:

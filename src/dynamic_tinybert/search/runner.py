@@ -113,8 +113,7 @@ def search(
         )
     else:
         evolution_search(candidates, settings.evolution, settings.seed, seeds)
-    for point in candidates.logged.values():  # logged before, not reached this time: measured all the same
-        candidates.add(point)
+    candidates.adopt_logged()
     full_config = space.config(space.full())
     if full_config not in candidates.points:
         raise ValueError("the time limit ran out before the full model was measured; give the search more time")
@@ -167,7 +166,6 @@ def reuse_logged_points(candidates: Candidates, log: Path) -> int:
     if not log.exists():
         return 0
     lines = log.read_text(encoding="utf-8").splitlines()
-    reused = set()
     for number, line in enumerate(lines, 1):
         try:
             point = Point.from_dict(json.loads(line))
@@ -184,8 +182,7 @@ def reuse_logged_points(candidates: Candidates, log: Path) -> int:
         except ValueError:
             continue  # measured on another grid
         candidates.remember(point)
-        reused.add(config)
-    return len(reused)
+    return len(candidates.logged)
 
 
 def with_evaluation(point: Point, name: str, evaluator: Evaluator) -> Point:
