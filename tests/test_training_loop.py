@@ -562,7 +562,7 @@ def test_length_drop_sub_models_keep_the_question_when_protected():
         trace = model(ids, mask, types, length_config=config, trace=True).trace
         dropped = 0
         for b in range(ids.size(0)):
-            kept = set(trace.positions[-1][b][trace.masks[-1][b]].tolist())
+            kept = set(trace.positions[1][b][trace.masks[1][b]].tolist())  # what the last layer saw
             dropped += len(set(torch.nonzero(question_tokens[b]).flatten().tolist()) - kept)
         return dropped
 
@@ -888,6 +888,22 @@ def test_the_token_selection_bench_scores_attention_and_learned_selection_on_the
     assert list(result["learned"]) == [*result["attention"], "slope 0.9-0.4 +q", "smallest (0.8^i) +q", "0.9,0.5,0.3+q"]
     assert result["attention"]["full"] == result["learned"]["full"]  # identical at full length
     assert "| 0.9,0.5,0.3+q |" in output.with_suffix(".md").read_text()
+
+
+def test_the_answer_survival_bench_splits_changed_answers_into_dropped_and_kept(tmp_path):
+    model_dir = checkpoint.save_checkpoint(tiny_model(token_selection="learned"), TOKENIZER, tmp_path / "learned")
+    data = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")
+    output = tmp_path / "survival"
+    command = [sys.executable, "bench/answer_survival.py", "--model", str(model_dir), "--data", str(data)]
+    command += ["--config", "1.0,1.0,1.0", "--config", "0.5,0.3,0.1", "--output", str(output)]
+    run = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    full, dropping = json.loads(output.with_suffix(".json").read_text())["rows"]
+    assert full["answer_survives"] == 1.0 and full["changed"] == 0  # full length: the same answers
+    assert dropping["survived"] + dropping["dropped"] == dropping["windows"] == full["windows"]
+    assert dropping["dropped"] > 0 and dropping["dropped_changed"] <= dropping["dropped"]
+    assert dropping["changed"] == dropping["dropped_changed"] + dropping["survived_changed"]
+    assert "| 0.5,0.3,0.1 |" in output.with_suffix(".md").read_text()
 
 
 def test_the_token_selection_bench_refuses_a_model_that_ranks_by_attention(tiny_checkpoint, tmp_path):

@@ -273,16 +273,18 @@ def restore(buffer: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor)
 class Trace:
     """What distillation looks at: the input of every layer and every layer's attention.
 
-    hidden_states[0] is the embeddings output and hidden_states[i + 1] layer i's output; attention_scores[i]
-    are layer i's pre-softmax scores, masks[i] its real tokens and positions[i] their original indices;
-    token_scores[i] are its learned token scores (learned token selection only). Under a dropping length
-    config they cover the tokens each layer saw, not the restored sequence.
+    hidden_states[0] is the embeddings output and hidden_states[i + 1] layer i's output; masks[i] are the
+    real tokens of hidden_states[i] and positions[i] their original indices (so masks[i] and positions[i]
+    are also layer i's input, and the last ones the tokens that leave the encoder fresh rather than
+    restored); attention_scores[i] are layer i's pre-softmax scores and token_scores[i] its learned token
+    scores (learned token selection only). Under a dropping length config they cover the tokens each layer
+    saw, not the restored sequence.
     """
 
-    hidden_states: list[torch.Tensor] = field(default_factory=list)  # (B, T_i, H) each
+    hidden_states: list[torch.Tensor] = field(default_factory=list)  # (B, T_i, H) each, one more than layers
     attention_scores: list[torch.Tensor] = field(default_factory=list)  # (B, nh, T_i, T_i) each
-    masks: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each
-    positions: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each
+    masks: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each, one more than layers
+    positions: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each, one more than layers
     token_scores: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each
 
 
@@ -337,6 +339,9 @@ class BertEncoder(nn.Module):
             x = layer.feed_forward(attended)
             if trace is not None:
                 trace.hidden_states.append(x)
+        if trace is not None:
+            trace.masks.append(mask)
+            trace.positions.append(positions)
         if restored is None:
             return x
         return restore(restored, x, positions)[:, :T]

@@ -276,7 +276,8 @@ class TokenScoring(Objective):
             context = mask & (batch.token_type_ids == 1)
             target = answer_coverage(out.start_logits.detach(), out.end_logits.detach(), mask, context)
             losses = []
-            for scores, positions, kept in zip(out.trace.token_scores, out.trace.positions, out.trace.masks):
+            layer_inputs = zip(out.trace.token_scores, out.trace.positions[:-1], out.trace.masks[:-1], strict=True)
+            for scores, positions, kept in layer_inputs:
                 original = positions.clamp(max=mask.size(1) - 1)  # empty slots point past the end
                 competing = kept & context.gather(1, original)
                 log_probs = masked_log_softmax(scores, competing)

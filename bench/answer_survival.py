@@ -1,0 +1,126 @@
+"""Where does a dropping configuration lose accuracy: tokens it drops, or tokens it keeps?
+
+For each window, the full model's answer (its most likely start and end in the context) is compared with
+the answer under each length configuration. A configuration answers differently either because a layer
+dropped the answer's start or end token (it reaches the span head restored, from the layer where it left),
+or because the tokens it kept were computed with part of the context missing. The first is the token
+selection's loss (better scorers help), the second the encoder's (LengthDrop training helps). Configs are
+the model's frontier by default. Prints a table and writes JSON.
+
+    python bench/answer_survival.py --data ../shared/data/squad/train-v2.0.json.gz --answerable-only \
+        --last-articles 2 --threads 2 --output bench/results/answer-survival
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+
+import torch
+
+from dynamic_tinybert import LengthConfig, QuestionAnswerer
+from dynamic_tinybert.features import Window, batches
+from dynamic_tinybert.fileio import write_report
+from dynamic_tinybert.squad import load_squad
+
+
+def most_likely_span(out, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most likely start and end (B,) in each window's context."""
+    context = (batch.token_type_ids == 1) & batch.attention_mask.bool()
+    start = out.start_logits.masked_fill(~context, -torch.inf).argmax(dim=1)
+    end = out.end_logits.masked_fill(~context, -torch.inf).argmax(dim=1)
+    return start, end
+
+
+def survival(qa: QuestionAnswerer, windows: list[Window], configs: list[LengthConfig], batch_size: int) -> list[dict]:
+    """Per config: windows whose full-length answer survives it, and how many of each kind answer differently."""
+    counts = [dict.fromkeys(("survived", "survived_changed", "dropped", "dropped_changed"), 0) for _ in configs]
+    model = qa.model
+    with torch.inference_mode():
+        for batch in batches(windows, batch_size, qa.pad_id):
+            inputs = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            start, end = most_likely_span(model(*inputs), batch)
+            B, T = batch.input_ids.shape
+            for config, count in zip(configs, counts, strict=True):
+                out = model(*inputs, length_config=config, trace=True)
+                new_start, new_end = most_likely_span(out, batch)
+                # the tokens that left the last layer fresh; the others reach the span head restored
+                positions = out.trace.positions[-1].masked_fill(~out.trace.masks[-1], T)
+                fresh = torch.zeros(B, T + 1, dtype=torch.bool).scatter_(1, positions, True)[:, :T]
+                survived = fresh.gather(1, start[:, None]).squeeze(1) & fresh.gather(1, end[:, None]).squeeze(1)
+                changed = (new_start != start) | (new_end != end)
+                count["survived"] += int(survived.sum())
+                count["survived_changed"] += int((survived & changed).sum())
+                count["dropped"] += int((~survived).sum())
+                count["dropped_changed"] += int((~survived & changed).sum())
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="checkpoint folder or hub id (default: the shipped model)")
+    parser.add_argument("--data", type=Path, required=True, help="a SQuAD file")
+    parser.add_argument("--answerable-only", action="store_true", help="only questions with an answer")
+    parser.add_argument("--last-articles", type=int, help="only the file's last N articles (the search's held-out)")
+    parser.add_argument("--limit", type=int, help="only the first N questions")
+    parser.add_argument("--config", action="append", default=[], help="a length config (repeatable; default: frontier)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--output", type=Path, required=True, help="writes OUTPUT.md and OUTPUT.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    qa = QuestionAnswerer.from_pretrained(args.model)
+    dataset = load_squad(args.data, answerable_only=args.answerable_only, limit=args.limit)
+    if args.last_articles:
+        try:
+            dataset = dataset.split_articles(args.last_articles)[1]
+        except ValueError as error:
+            parser.error(f"--last-articles: {error}")
+    if args.config:
+        configs = [LengthConfig.parse(text) for text in args.config]
+    elif qa.frontier is not None:
+        configs = [point.length_config for point in qa.frontier.points]
+    else:
+        parser.error("the model has no frontier (pareto.json); give --config")
+    windows = qa.windows([q.question for q in dataset.questions], [q.context for q in dataset.questions])
+
+    rows = []
+    for config, counts in zip(configs, survival(qa, windows, configs, args.batch_size), strict=True):
+        changed = counts["survived_changed"] + counts["dropped_changed"]
+        rows.append(
+            {
+                "length_config": str(config),
+                "windows": len(windows),
+                **counts,
+                "answer_survives": round(counts["survived"] / len(windows), 4),
+                "changed": changed,
+                "changed_by_dropping": round(counts["dropped_changed"] / changed, 4) if changed else 0.0,
+            }
+        )
+    header = (
+        "| keep ratios | answer survives | answers differently: answer dropped | answer kept"
+        " | share of the changes due to dropping |\n|---|---|---|---|---|\n"
+    )
+    table = header + "".join(
+        f"| {r['length_config']} | {r['answer_survives']:.1%} ({r['survived']}/{r['windows']})"
+        f" | {r['dropped_changed']} of {r['dropped']} | {r['survived_changed']} of {r['survived']}"
+        f" | {r['changed_by_dropping']:.0%} |\n"
+        for r in rows
+    )
+    print(table, end="")
+    data = {
+        "model": args.model or "shipped",
+        "data": args.data.name,
+        "questions": len(dataset.questions),
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+    }
+    for path in write_report(args.output, table, data):
+        print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
