@@ -348,12 +348,22 @@ def test_the_trace_ends_with_the_tokens_that_leave_the_last_layer_fresh():
     trace = out.trace
     assert len(trace.positions) == len(trace.masks) == len(trace.hidden_states) == 4
     assert trace.masks[-1].sum(dim=1).tolist() == [5, 4]  # ceil(0.25 * 20), ceil(0.25 * 13)
-    # those positions get their span logits from the last layer's output; every other one from a restored state
+    # those positions, and only those, are fresh: their span logits come from the last layer's output
     with torch.no_grad():
         last_layer_logits = model.qa_outputs(trace.hidden_states[-1])[..., 0]
     kept, positions = trace.masks[-1], trace.positions[-1].clamp(max=ids.size(1) - 1)  # empty slots point past the end
     torch.testing.assert_close(out.start_logits.gather(1, positions)[kept], last_layer_logits[kept])
+    assert out.fresh.sum(dim=1).tolist() == [5, 4]
+    assert out.fresh.gather(1, positions)[kept].all()
     assert set(trace.positions[-1][0][kept[0]].tolist()) < set(trace.positions[-2][0][trace.masks[-2][0]].tolist())
+
+
+def test_every_position_is_fresh_when_no_layer_drops_a_token():
+    model = tiny_model()
+    ids, mask, types = make_batch([20, 13], [4, 3], model.config.vocab_size)
+    with torch.no_grad():
+        assert model(ids, mask, types).fresh is None
+        assert model(ids, mask, types, length_config=LengthConfig.ratios([1.0, 1.0, 1.0])).fresh is None
 
 
 BATCH_CONFIGS = [

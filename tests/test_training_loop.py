@@ -600,6 +600,27 @@ def test_length_drop_runs_the_full_model_and_every_sub_model():
     assert all(math.isfinite(r.loss.item()) for r in results)
 
 
+def test_length_drop_sub_models_match_the_full_model_only_where_they_can_answer():
+    """A sub-model's loss is the KL from the full model's distribution renormalised over the positions that left
+    its last layer: restored (dropped) positions, which it cannot answer with, take no part."""
+    model = small_model(dropout=0.0)
+    batch = first_batch()
+    objective = LengthDrop(SpanLoss(), ratio_bound=0.5, num_sandwich=0)
+    [full_pass, smallest_pass] = objective.passes(model, batch, step=0)
+    full, sub = full_pass(), smallest_pass()
+    fresh = sub.logits.fresh & batch.attention_mask.bool()
+    assert 0 < fresh.sum() < batch.attention_mask.sum()  # it dropped tokens
+    expected = 0.0
+    for teacher, student in (
+        (full.logits.start_logits, sub.logits.start_logits),
+        (full.logits.end_logits, sub.logits.end_logits),
+    ):
+        p = teacher.detach().masked_fill(~fresh, -math.inf).log_softmax(dim=-1)
+        q = student.masked_fill(~fresh, -math.inf).log_softmax(dim=-1)
+        expected += (p.exp() * (p - q)).nan_to_num().sum(dim=1).mean() / 2
+    torch.testing.assert_close(sub.loss, expected / 2)  # two passes, each weighted 1/2
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

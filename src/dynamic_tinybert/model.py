@@ -81,6 +81,7 @@ class BertConfig:
 class SpanLogits:
     start_logits: torch.Tensor  # (B, T)
     end_logits: torch.Tensor  # (B, T)
+    fresh: torch.Tensor | None = None  # (B, T) positions that left the last layer, not restored; None: all
     trace: Trace | None = None  # only when asked for (distillation)
 
 
@@ -301,11 +302,13 @@ class BertEncoder(nn.Module):
         rank: torch.Tensor,
         skip_layers: frozenset[int] = frozenset(),
         trace: Trace | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run every layer; with keep_counts (B, L) a layer keeps only that many tokens of each input.
 
         A layer that would keep every real token computes no significance scores and uses the fused kernel.
         Layers in `skip_layers` are passed over (LayerDrop); the tokens stay as they were.
+        Returns the hidden states (B, T, H), dropped tokens restored, and which positions (B, T) left the
+        last layer fresh (None when no layer dropped a token).
         """
         B, T, H = x.shape
         positions = torch.arange(T, device=x.device).expand(B, T)  # (B, K) original index of each slot
@@ -343,8 +346,9 @@ class BertEncoder(nn.Module):
             trace.masks.append(mask)
             trace.positions.append(positions)
         if restored is None:
-            return x
-        return restore(restored, x, positions)[:, :T]
+            return x, None
+        fresh = torch.zeros(B, T + 1, dtype=torch.bool, device=x.device).scatter(1, positions, mask)[:, :T]
+        return restore(restored, x, positions)[:, :T], fresh
 
 
 class BertModel(nn.Module):
@@ -405,9 +409,9 @@ class BertForQuestionAnswering(nn.Module):
         )
         recorded = Trace() if trace else None
         embedded = self.bert.embeddings(input_ids, token_type_ids)
-        hidden = self.bert.encoder(embedded, mask, keep_counts, rank, frozenset(skip_layers), recorded)
+        hidden, fresh = self.bert.encoder(embedded, mask, keep_counts, rank, frozenset(skip_layers), recorded)
         start, end = self.qa_outputs(hidden).unbind(dim=-1)  # (B, T) each
-        return SpanLogits(start.contiguous(), end.contiguous(), recorded)
+        return SpanLogits(start.contiguous(), end.contiguous(), fresh, recorded)
 
 
 def token_ranks(mask: torch.Tensor, token_type_ids: torch.Tensor, protect_question: bool) -> torch.Tensor:
