@@ -65,7 +65,8 @@ def encoder_output(model, ids, mask, types, config):
     rank = token_ranks(mask, types, protect_question=config.protect_question)
     keep_counts = config.keep_counts(mask.sum(dim=1))
     with torch.no_grad():
-        return model.bert.encoder(model.bert.embeddings(ids, types), mask, keep_counts, rank)
+        hidden, _ = model.bert.encoder(model.bert.embeddings(ids, types), mask, keep_counts, rank)
+    return hidden
 
 
 def hand_made_probs(received: torch.Tensor, mask: torch.Tensor, num_heads: int = 2) -> torch.Tensor:

@@ -600,23 +600,25 @@ def test_length_drop_runs_the_full_model_and_every_sub_model():
     assert all(math.isfinite(r.loss.item()) for r in results)
 
 
-def test_length_drop_sub_models_match_the_full_model_only_where_they_can_answer():
-    """A sub-model's loss is the KL from the full model's distribution renormalised over the positions that left
-    its last layer: restored (dropped) positions, which it cannot answer with, take no part."""
+@pytest.mark.parametrize("fresh_only", [False, True])
+def test_length_drop_sub_models_match_the_full_model_everywhere_or_only_where_fresh(fresh_only):
+    """A sub-model's loss is the KL from the full model's distribution: over every position (LAT), or with
+    fresh_only renormalised over the positions that left its last layer, restored ones taking no part."""
     model = small_model(dropout=0.0)
     batch = first_batch()
-    objective = LengthDrop(SpanLoss(), ratio_bound=0.5, num_sandwich=0)
+    objective = LengthDrop(SpanLoss(), ratio_bound=0.5, num_sandwich=0, fresh_only=fresh_only)
     [full_pass, smallest_pass] = objective.passes(model, batch, step=0)
     full, sub = full_pass(), smallest_pass()
-    fresh = sub.logits.fresh & batch.attention_mask.bool()
-    assert 0 < fresh.sum() < batch.attention_mask.sum()  # it dropped tokens
+    real = batch.attention_mask.bool()
+    assert 0 < (sub.logits.fresh & real).sum() < real.sum()  # it dropped tokens
+    matched = sub.logits.fresh & real if fresh_only else real
     expected = 0.0
     for teacher, student in (
         (full.logits.start_logits, sub.logits.start_logits),
         (full.logits.end_logits, sub.logits.end_logits),
     ):
-        p = teacher.detach().masked_fill(~fresh, -math.inf).log_softmax(dim=-1)
-        q = student.masked_fill(~fresh, -math.inf).log_softmax(dim=-1)
+        p = teacher.detach().masked_fill(~matched, -math.inf).log_softmax(dim=-1)
+        q = student.masked_fill(~matched, -math.inf).log_softmax(dim=-1)
         expected += (p.exp() * (p - q)).nan_to_num().sum(dim=1).mean() / 2
     torch.testing.assert_close(sub.loss, expected / 2)  # two passes, each weighted 1/2
 
@@ -888,12 +890,13 @@ def test_cli_train_scorers_with_length_drop_is_a_usage_error(dtb, run_files, tmp
     assert len(err.strip().splitlines()) == 1 and "frozen" in err
 
 
-def test_cli_protect_question_without_length_drop_is_a_usage_error(dtb, run_files, tmp_path):
+@pytest.mark.parametrize("flag", ["--protect-question", "--length-drop-fresh-only"])
+def test_cli_sub_model_options_without_length_drop_are_a_usage_error(dtb, run_files, tmp_path, flag):
     _, model_dir, _, data, _ = run_files
-    args = ["train", "finetune", "--model", model_dir, "--data", data, "--output", tmp_path / "o", "--protect-question"]
+    args = ["train", "finetune", "--model", model_dir, "--data", data, "--output", tmp_path / "o", flag]
     code, stdout, err = dtb(*args)
     assert code == 2 and stdout == ""
-    assert len(err.strip().splitlines()) == 1 and "--protect-question" in err and "--length-drop" in err
+    assert len(err.strip().splitlines()) == 1 and flag in err and "--length-drop" in err
 
 
 def test_the_token_selection_bench_scores_attention_and_learned_selection_on_the_same_weights(tmp_path):

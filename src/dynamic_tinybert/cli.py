@@ -266,6 +266,12 @@ def add_train_parsers(commands: argparse._SubParsersAction) -> None:
             action="store_true",
             help="LengthDrop's sub-models keep every question token (+q), as a frontier searched so runs them",
         )
+        parser.add_argument(
+            "--length-drop-fresh-only",
+            action="store_true",
+            help="sub-models match the full model only over the tokens that leave their last layer, not the "
+            "restored ones (for learned token scorers, which keep the answer)",
+        )
         sparsity = parser.add_mutually_exclusive_group()
         sparsity.add_argument(
             "--prune-to", type=float, help="prune the encoder's Linear weights to this sparsity (e.g. 0.8)"
@@ -301,8 +307,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("dtb train distill: --length-drop goes with --stage pd (or finetune), not id")
     if args.train_command == "scorers" and (args.length_drop or args.prune_to or args.lock_sparsity):
         raise UsageError("dtb train scorers: the model is frozen; --length-drop and sparsity options do not apply")
-    if args.protect_question and not args.length_drop:
-        raise UsageError("dtb train: --protect-question applies to LengthDrop's sub-models; add --length-drop")
+    for given, flag in (
+        (args.protect_question, "--protect-question"),
+        (args.length_drop_fresh_only, "--length-drop-fresh-only"),
+    ):
+        if given and not args.length_drop:
+            raise UsageError(f"dtb train: {flag} applies to LengthDrop's sub-models; add --length-drop")
     pruning = pruning_schedule(args)
     if args.train_command in ("finetune", "scorers"):
         directory = checkpoint.resolve(args.model, args.revision)
@@ -359,6 +369,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.layer_drop,
             seed=args.seed,
             protect_question=args.protect_question,
+            fresh_only=args.length_drop_fresh_only,
         )
     max_seq_len, doc_stride = window_defaults(model.config.max_position_embeddings, args.max_seq_len, args.doc_stride)
     features, held_out = training.data.training_data(
