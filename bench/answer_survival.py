@@ -41,13 +41,11 @@ def survival(qa: QuestionAnswerer, windows: list[Window], configs: list[LengthCo
         for batch in batches(windows, batch_size, qa.pad_id):
             inputs = (batch.input_ids, batch.attention_mask, batch.token_type_ids)
             start, end = most_likely_span(model(*inputs), batch)
-            B, T = batch.input_ids.shape
             for config, count in zip(configs, counts, strict=True):
-                out = model(*inputs, length_config=config, trace=True)
+                out = model(*inputs, length_config=config)
                 new_start, new_end = most_likely_span(out, batch)
-                # the tokens that left the last layer fresh; the others reach the span head restored
-                positions = out.trace.positions[-1].masked_fill(~out.trace.masks[-1], T)
-                fresh = torch.zeros(B, T + 1, dtype=torch.bool).scatter_(1, positions, True)[:, :T]
+                # out.fresh: the tokens that left the last layer; the others reach the span head restored
+                fresh = torch.ones_like(batch.attention_mask, dtype=torch.bool) if out.fresh is None else out.fresh
                 survived = fresh.gather(1, start[:, None]).squeeze(1) & fresh.gather(1, end[:, None]).squeeze(1)
                 changed = (new_start != start) | (new_end != end)
                 count["survived"] += int(survived.sum())
