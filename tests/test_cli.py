@@ -560,3 +560,38 @@ def test_export_copies_the_frontier_and_refuses_to_overwrite_its_source(dtb, tin
     assert dtb("export", "--model", tiny_checkpoint, "--output", tmp_path / "copy").code == 0
     assert (tmp_path / "copy" / "pareto.json").read_text() == '{"frontier": []}'
     assert_usage_error(dtb("export", "--model", tiny_checkpoint, "--output", tiny_checkpoint), "new folder")
+
+
+def test_export_average_with_mixes_every_weight_by_the_given_share_and_leaves_the_frontier_behind(
+    dtb, tiny_checkpoint: Path, tmp_path
+):
+    (tiny_checkpoint / "pareto.json").write_text('{"frontier": []}')
+    other = checkpoint.save_checkpoint(tiny_model(seed=1), make_tiny_tokenizer(), tmp_path / "other")
+    mix = tmp_path / "mix"
+    share = ("--average-with", other, "--average-weight", "0.25")
+    result = dtb("export", "--model", tiny_checkpoint, *share, "--output", mix)
+    assert result.code == 0, result.err
+    a, b = checkpoint.load_model(tiny_checkpoint).state_dict(), checkpoint.load_model(other).state_dict()
+    mixed = checkpoint.load_model(tmp_path / "mix").state_dict()
+    assert all(torch.allclose(mixed[k], 0.75 * a[k] + 0.25 * b[k], atol=1e-6) for k in a)
+    assert not torch.equal(mixed["qa_outputs.weight"], a["qa_outputs.weight"])
+    assert not (tmp_path / "mix" / "pareto.json").exists()  # measured on other weights
+
+
+def test_export_average_with_refuses_a_bad_share_another_architecture_or_vocabulary(
+    dtb, tiny_checkpoint: Path, tmp_path
+):
+    def export_with(other, *extra):
+        return dtb("export", "--model", tiny_checkpoint, "--average-with", other, *extra, "--output", tmp_path / "mix")
+
+    assert_usage_error(export_with(tiny_checkpoint, "--average-weight", "1.5"), "--average-weight", "[0, 1]")
+    wider = checkpoint.save_checkpoint(tiny_model(intermediate_size=64), make_tiny_tokenizer(), tmp_path / "wider")
+    assert_usage_error(export_with(wider), "intermediate.dense.weight", "(64, 32)")
+    scored = tiny_model(token_selection="learned")
+    scored = checkpoint.save_checkpoint(scored, make_tiny_tokenizer(), tmp_path / "scored")
+    assert_usage_error(export_with(scored), "different weights", "token_scorer")
+    vocab = make_tiny_tokenizer()
+    vocab.add_tokens(["zebra"])
+    renamed = checkpoint.save_checkpoint(tiny_model(), vocab, tmp_path / "vocab")
+    assert_usage_error(export_with(renamed), "--average-with", "different vocabulary")
+    assert not (tmp_path / "mix").exists()

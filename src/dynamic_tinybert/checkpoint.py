@@ -259,6 +259,28 @@ def load_model(directory: Path, head_seed: int = 0) -> BertForQuestionAnswering:
     return model.float().eval()
 
 
+def interpolate(model: BertForQuestionAnswering, other: BertForQuestionAnswering, weight: float) -> None:
+    """Set `model`'s weights to (1 - weight) * its own + weight * `other`'s, tensor by tensor (WiSE-FT).
+
+    Averaging a LengthDrop-trained model with the model it started from keeps much of what LengthDrop gave
+    the dropping configurations and gives back much of the full-length accuracy it took (Wortsman et al.
+    2022 found the same for robustness); both must share one architecture, token scorers included.
+    """
+    own, theirs = model.state_dict(), other.state_dict()
+    if own.keys() != theirs.keys():
+        differing = sorted(own.keys() ^ theirs.keys())
+        raise CheckpointError(f"the two models have different weights: {', '.join(differing[:5])}")
+    for name, tensor in own.items():
+        if tensor.shape != theirs[name].shape:
+            raise CheckpointError(
+                f"{name} has shape {tuple(tensor.shape)} in one model and {tuple(theirs[name].shape)} in the other"
+            )
+    with torch.no_grad():
+        for name, tensor in own.items():
+            if tensor.is_floating_point():
+                tensor.lerp_(theirs[name].to(tensor.dtype), weight)
+
+
 def load_tokenizer(directory: Path) -> Tokenizer:
     """The checkpoint's fast WordPiece tokenizer, from tokenizer.json or built from vocab.txt."""
     if (directory / TOKENIZER).is_file():

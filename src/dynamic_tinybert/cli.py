@@ -180,6 +180,15 @@ def build_parser() -> Parser:
         help="store matrices that are at least half zeros as bitmask + nonzero values (model.sparse.safetensors; "
         "3.8x smaller at 80%% sparsity; only dynamic-tinybert reads it)",
     )
+    export.add_argument(
+        "--average-with",
+        metavar="MODEL",
+        help="export a weighted average of --model and this model's weights (same architecture and vocabulary), "
+        "e.g. a LengthDrop-trained model and the one it started from; search its frontier again",
+    )
+    export.add_argument(
+        "--average-weight", type=float, default=0.5, help="the --average-with model's share, in [0, 1] (default 0.5)"
+    )
 
     info = commands.add_parser("info", help="shape, parameters and MACs of a model")
     add_model_args(info)
@@ -867,14 +876,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output.resolve() == directory.resolve():
         raise UsageError("dtb export: --output must be a new folder, not the model's own")
     model, tokenizer = checkpoint.load_model(directory), checkpoint.load_tokenizer(directory)
+    if args.average_with:
+        average_into(model, tokenizer, args)
     dtype = torch.float16 if args.fp16 else torch.float32
     checkpoint.save_checkpoint(model, tokenizer, args.output, dtype, sparse=args.sparse)
-    if (directory / FRONTIER_FILE).is_file():
+    if (directory / FRONTIER_FILE).is_file() and not args.average_with:  # an average's frontier is its own
         shutil.copyfile(directory / FRONTIER_FILE, args.output / FRONTIER_FILE)
     size = sum(f.stat().st_size for f in args.output.iterdir() if f.is_file())
     stored = f"{'fp16' if args.fp16 else 'fp32'}{', sparse' if args.sparse else ''}"
     print(f"{args.output}: {size / 2**20:.1f} MiB ({stored} weights)")
     return 0
+
+
+def average_into(model, tokenizer, args: argparse.Namespace) -> None:
+    """--average-with: mix the other model's weights into `model`, refusing a different vocabulary."""
+    if not 0.0 <= args.average_weight <= 1.0:
+        raise UsageError(f"dtb export: --average-weight must be in [0, 1], got {args.average_weight}")
+    other_directory = checkpoint.resolve(args.average_with, args.revision)
+    if checkpoint.load_tokenizer(other_directory).get_vocab() != tokenizer.get_vocab():
+        raise UsageError(f"dtb export: --average-with {args.average_with} has a different vocabulary")
+    checkpoint.interpolate(model, checkpoint.load_model(other_directory), args.average_weight)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
