@@ -892,7 +892,7 @@ def average_into(model, tokenizer, args: argparse.Namespace) -> None:
     """--average-with: mix the other model's weights into `model`, refusing a different vocabulary."""
     if not 0.0 <= args.average_weight <= 1.0:
         raise UsageError(f"dtb export: --average-weight must be in [0, 1], got {args.average_weight}")
-    other_directory = checkpoint.resolve(args.average_with, args.revision)
+    other_directory = checkpoint.resolve(args.average_with)  # --revision is --model's
     if checkpoint.load_tokenizer(other_directory).get_vocab() != tokenizer.get_vocab():
         raise UsageError(f"dtb export: --average-with {args.average_with} has a different vocabulary")
     checkpoint.interpolate(model, checkpoint.load_model(other_directory), args.average_weight)
