@@ -875,6 +875,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     directory = checkpoint.resolve(required_model(args), args.revision)
     if args.output.resolve() == directory.resolve():
         raise UsageError("dtb export: --output must be a new folder, not the model's own")
+    if args.average_with and not 0.0 <= args.average_weight <= 1.0:
+        raise UsageError(f"dtb export: --average-weight must be in [0, 1], got {args.average_weight}")
     model, tokenizer = checkpoint.load_model(directory), checkpoint.load_tokenizer(directory)
     if args.average_with:
         average_into(model, tokenizer, args)
@@ -890,8 +892,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def average_into(model, tokenizer, args: argparse.Namespace) -> None:
     """--average-with: mix the other model's weights into `model`, refusing a different vocabulary."""
-    if not 0.0 <= args.average_weight <= 1.0:
-        raise UsageError(f"dtb export: --average-weight must be in [0, 1], got {args.average_weight}")
     other_directory = checkpoint.resolve(args.average_with)  # --revision is --model's
     if checkpoint.load_tokenizer(other_directory).get_vocab() != tokenizer.get_vocab():
         raise UsageError(f"dtb export: --average-with {args.average_with} has a different vocabulary")
