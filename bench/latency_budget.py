@@ -36,7 +36,7 @@ def measure(
     calibration = evenly_spaced(every, calibrate)  # spread over the file: many articles, many lengths
     chosen = {q.id for q in calibration}
     held_out = evenly_spaced([q for q in every if q.id not in chosen], questions)
-    frontier = qa.calibrate([q.question for q in calibration], [q.context for q in calibration], batch_size, repeats)
+    frontier = calibrate(qa, [q.question for q in calibration], [q.context for q in calibration], batch_size, repeats)
     points = [*frontier.points, frontier.full]
     measured = measure_latencies(
         qa,

@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynamic_tinybert import QuestionAnswerer
-from dynamic_tinybert.allocator import keep_freed_memory
 from dynamic_tinybert.fileio import write_report
 from dynamic_tinybert.latency import measure_latencies
 from dynamic_tinybert.precision import with_precision
-from dynamic_tinybert.pruning import encoder_linears, magnitude_mask, sparsity_report
+from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.squad import load_squad
+from dynamic_tinybert.training.pruning import encoder_linears, magnitude_mask, sparsity_report
 
 SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 

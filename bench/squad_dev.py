@@ -26,8 +26,8 @@ from dynamic_tinybert.evaluate import Evaluator
 from dynamic_tinybert.fileio import write_report
 from dynamic_tinybert.frontier import load_frontier
 from dynamic_tinybert.precision import PRECISIONS
-from dynamic_tinybert.pruning import sparsity_report
 from dynamic_tinybert.squad import load_squad
+from dynamic_tinybert.training.pruning import sparsity_report
 
 SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 

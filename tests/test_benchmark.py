@@ -17,7 +17,7 @@ import pytest
 import torch
 from synthetic import synthetic_dataset, write_squad_file
 
-from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli
+from dynamic_tinybert import AnswerOptions, LengthConfig, QuestionAnswerer, cli
 from dynamic_tinybert.benchmark import (
     INSTALL_HINT,
     System,
@@ -45,7 +45,7 @@ def point(ratios: tuple[float, ...], f1: float) -> Point:
 FRONTIER = Frontier(
     [point((0.5, 0.3, 0.2), 40), point((0.8, 0.6, 0.4), 60), point((1.0, 0.9, 0.7), 70)], point((1.0,) * 3, 72)
 )
-OPTIONS = dict(max_answer_len=30, max_seq_len=128, doc_stride=64, max_question_len=64, handle_impossible_answer=False)
+OPTIONS = AnswerOptions(max_answer_len=30, max_seq_len=128, doc_stride=64, max_question_len=64)
 
 
 @pytest.fixture

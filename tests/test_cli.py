@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynamic_tinybert import CheckpointError, QuestionAnswerer, checkpoint, cli, cost
+from dynamic_tinybert import CheckpointError, LengthConfig, QuestionAnswerer, checkpoint, cli, cost
 from dynamic_tinybert.squad import load_squad, score_predictions
 
 from conftest import SQUAD_DIR, make_tiny_tokenizer, tiny_model
@@ -318,7 +318,7 @@ def test_info_with_a_length_config_adds_its_macs_and_ratio_per_length(dtb, model
     info = result.json
     assert info["length_config"] == RATIOS
     config = tiny_model(max_position_embeddings=384).config
-    length_config = cli.LengthConfig.parse(RATIOS)
+    length_config = LengthConfig.parse(RATIOS)
     for row, tokens in zip(info["macs"], [64, 200], strict=True):
         assert row["tokens"] == tokens
         assert row["macs_config"] == cost.macs(config, tokens, length_config)

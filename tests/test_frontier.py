@@ -19,13 +19,14 @@ from dynamic_tinybert.evaluate import Evaluator, evaluate
 from dynamic_tinybert.frontier import (
     BudgetError,
     Frontier,
+    Latency,
     Point,
     load_frontier,
     pareto_front,
     require_frontier,
     spread,
 )
-from dynamic_tinybert.latency import Latency
+from dynamic_tinybert.latency import calibrate
 
 from conftest import tiny_config
 
@@ -437,16 +438,16 @@ def test_calibrate_measures_every_point_here_so_that_latency_budgets_work(fronti
     qa = QuestionAnswerer.from_pretrained(frontier_dir)
     with pytest.raises(BudgetError, match="no measured latencies"):
         qa(question=QUESTIONS[0], context=CONTEXTS[0], latency_ms=1000.0)
-    calibrated = qa.calibrate(QUESTIONS, CONTEXTS, batch_size=1, repeats=1)
+    calibrated = calibrate(qa, QUESTIONS, CONTEXTS, batch_size=1, repeats=1)
     assert qa.frontier is calibrated
     assert all(p.latency_ms > 0 and p.latency_batch_size == 1 for p in [*calibrated.points, calibrated.full])
     assert [p.length_config for p in calibrated.points] == [CHEAP.length_config, MID.length_config, TOP.length_config]
-    assert qa.options(latency_ms=1e6).length_config == TOP.length_config
+    assert qa.length_config_for(qa.options(latency_ms=1e6)) == TOP.length_config
 
 
 def test_calibrate_without_a_frontier_is_a_clear_error(tiny_checkpoint: Path):
     with pytest.raises(BudgetError, match="no accuracy/cost frontier"):
-        QuestionAnswerer.from_pretrained(tiny_checkpoint).calibrate(QUESTIONS, CONTEXTS)
+        calibrate(QuestionAnswerer.from_pretrained(tiny_checkpoint), QUESTIONS, CONTEXTS)
 
 
 def test_dtb_calibrate_writes_the_latencies_into_pareto_json(frontier_dir: Path, tmp_path: Path, capsys):
@@ -514,8 +515,8 @@ def test_a_latency_below_every_point_at_this_length_names_the_length():
 def test_a_latency_budget_in_a_call_is_met_at_that_calls_length(tiny_checkpoint: Path):
     BY_LENGTH.save(tiny_checkpoint)
     qa = QuestionAnswerer.from_pretrained(tiny_checkpoint)
-    assert qa.options(latency_ms=3.5, tokens_per_question=80).length_config == TOP.length_config
-    assert qa.options(latency_ms=3.5, tokens_per_question=200).length_config == CHEAP.length_config
+    assert qa.length_config_for(qa.options(latency_ms=3.5), tokens_per_question=80) == TOP.length_config
+    assert qa.length_config_for(qa.options(latency_ms=3.5), tokens_per_question=200) == CHEAP.length_config
     plain = QuestionAnswerer.from_pretrained(tiny_checkpoint)
     short, long = CONTEXTS[0], " ".join([CONTEXTS[0]] * 8)  # about 20 and about 130 real tokens
     assert plain.windows([QUESTIONS[0]], [long])[0].length > 125 > plain.windows([QUESTIONS[0]], [short])[0].length

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer
-from dynamic_tinybert.latency import Latency, evenly_spaced, fit_latency, measure_latencies
+from dynamic_tinybert.frontier import Latency, fit_latency
+from dynamic_tinybert.latency import evenly_spaced, measure_latencies
 
 
 def test_the_fit_recovers_a_line_and_goes_through_the_means():

@@ -20,13 +20,6 @@ from synthetic import synthetic_dataset, write_squad_file
 from dynamic_tinybert import BertForQuestionAnswering, LengthConfig, QuestionAnswerer, checkpoint, cli
 from dynamic_tinybert.evaluate import evaluate
 from dynamic_tinybert.frontier import Frontier, Point
-from dynamic_tinybert.pruning import (
-    Pruner,
-    PruningSchedule,
-    encoder_linears,
-    magnitude_mask,
-    sparsity_report,
-)
 from dynamic_tinybert.training import (
     LengthDrop,
     PredictionDistillation,
@@ -35,6 +28,13 @@ from dynamic_tinybert.training import (
     WindowSettings,
     label_windows,
     train,
+)
+from dynamic_tinybert.training.pruning import (
+    Pruner,
+    PruningSchedule,
+    encoder_linears,
+    magnitude_mask,
+    sparsity_report,
 )
 
 from conftest import learner_model, make_tiny_tokenizer, tiny_config, tiny_model

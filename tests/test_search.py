@@ -446,7 +446,7 @@ def test_dtb_sweep_writes_the_baseline_points(model_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--holdout-articles", "0"], "--holdout-articles must be >= 1"),
+        (["--holdout-articles", "0"], "holdout_articles must be >= 1"),
         (["--time-limit", "soon"], "not a duration"),
         (["--method", "grid"], "invalid choice"),
         (["--max-points", "1"], "max_points must be >= 2"),

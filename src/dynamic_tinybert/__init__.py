@@ -7,9 +7,11 @@ call by a `LengthConfig`, behind a callable shaped like the transformers questio
 from .checkpoint import CheckpointError
 from .length_config import LengthConfig, LengthConfigError
 from .model import BertConfig, BertForQuestionAnswering
+from .options import AnswerOptions
 from .pipeline import QuestionAnswerer
 
 __all__ = [
+    "AnswerOptions",
     "BertConfig",
     "BertForQuestionAnswering",
     "CheckpointError",

@@ -10,6 +10,7 @@ import torch
 
 from .cost import macs
 from .length_config import LengthConfig
+from .options import LENGTH_CHOICES
 from .pipeline import QuestionAnswerer
 from .squad import SquadDataset, score_predictions
 
@@ -67,7 +68,7 @@ class Evaluator:
     def __init__(self, qa: QuestionAnswerer, dataset: SquadDataset, **options) -> None:
         if not dataset.questions:
             raise ValueError("the evaluation data has no questions")
-        if options.keys() & {"length_config", "budget", "latency_ms"}:
+        if options.keys() & set(LENGTH_CHOICES):
             raise ValueError("an Evaluator takes the length config per call, not as an option")
         options.setdefault("handle_impossible_answer", dataset.is_v2)
         self.qa, self.dataset, self.options = qa, dataset, options
@@ -121,17 +122,16 @@ def evaluate(
     """Answer every question of `dataset` and score the answers the official way.
 
     The reported time covers everything a user waits for: tokenisation, the model and decoding. The
-    configuration is `length_config`, a `budget` or `latency_ms` option chosen from the model's frontier,
-    or else the answerer's default; the MACs reported are those of the configuration that ran.
+    configuration is `length_config`, a `budget` or `latency_ms` option chosen from the model's frontier
+    for the data's mean length (as a call chooses for its own), or else the answerer's default; the MACs
+    reported are those of the configuration that ran.
     """
-    choice = {"length_config": length_config, "budget": options.pop("budget", None)}
-    choice["latency_ms"] = options.pop("latency_ms", None)
-    choice = {k: v for k, v in choice.items() if v is not None}
-    qa.options(tokens_per_question=0.0, **choice)  # a budget no question could meet fails before tokenising
+    given = {name: options.pop(name, None) for name in LENGTH_CHOICES} | {"length_config": length_config}
+    choice = {name: value for name, value in given.items() if value is not None}  # none given: the default
+    chosen = qa.options(**choice)  # two length choices at once fail before tokenising
     started = time.perf_counter()
     evaluator = Evaluator(qa, dataset, **options)
-    tokens_per_question = sum(evaluator.tokens) / len(dataset.questions)  # a latency budget holds at this length
-    length_config = qa.options(tokens_per_question=tokens_per_question, **choice).length_config
-    evaluation = evaluator(length_config, progress)
+    tokens_per_question = sum(evaluator.tokens) / len(dataset.questions)
+    evaluation = evaluator(qa.length_config_for(chosen, tokens_per_question), progress)
     evaluation.seconds = time.perf_counter() - started
     return evaluation

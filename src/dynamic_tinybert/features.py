@@ -97,7 +97,7 @@ def batches(windows: Sequence[Window], batch_size: int, pad_id: int = 0) -> Iter
 
     Longest first: the first batch takes the largest activation blocks, and every later one fits in memory
     it freed. Shortest first, each batch needs blocks a little larger than any freed so far, the heap
-    fragments, and memory grew with the number of questions (1.4 GiB for 2,000 dev questions against 0.76).
+    fragments, and memory grows with the number of questions (docs/experiments/batch-order.md).
     """
     order = sorted(range(len(windows)), key=lambda i: windows[i].length, reverse=True)
     for start in range(0, len(order), batch_size):

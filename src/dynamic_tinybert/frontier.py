@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from .fileio import atomic_write_text
-from .latency import Latency
 from .length_config import LengthConfig
 
 FILENAME = "pareto.json"
@@ -25,6 +26,35 @@ FORMAT_VERSION = 1
 
 class BudgetError(ValueError):
     """A budget that cannot be met or makes no sense, or a model without a frontier; one line."""
+
+
+@dataclass(frozen=True)
+class Latency:
+    """What one length configuration was measured to cost here, per question."""
+
+    ms: float  # mean ms per question over the sample, i.e. at `tokens` real tokens per question
+    tokens: float | None  # mean real tokens per question (all its windows) of the sample; None: not recorded
+    ms_per_token: float = 0.0  # slope of the line fitted over the sample's questions; never negative
+
+    def at(self, tokens: float | None) -> float:
+        """Predicted ms per question for questions of `tokens` real tokens (None: the sample's mean).
+
+        A latency recorded without its sample's length (a pareto.json from before lengths counted) is flat.
+        """
+        if tokens is None or self.tokens is None:
+            return self.ms
+        return max(0.0, self.ms + self.ms_per_token * (tokens - self.tokens))
+
+
+def fit_latency(tokens: np.ndarray, ms: np.ndarray) -> Latency:
+    """The least-squares line of ms per question against tokens per question, slope clamped at 0.
+
+    The line goes through the means, so `Latency.ms` is the sample's mean whatever the slope; a sample
+    whose questions all have one length says nothing about the slope, which is then 0.
+    """
+    spread = float(np.var(tokens))
+    slope = float(np.cov(tokens, ms, bias=True)[0, 1] / spread) if spread > 0 else 0.0
+    return Latency(ms=float(np.mean(ms)), tokens=float(np.mean(tokens)), ms_per_token=max(0.0, slope))
 
 
 @dataclass(frozen=True)
@@ -171,6 +201,14 @@ class Frontier:
                     f"({fastest:.2f} ms per question{length})"
                 )
         return max(fits, key=lambda p: p.f1)
+
+    def check(self, budget: float | None = None, latency_ms: float | None = None) -> None:
+        """Refuse a budget that no request could meet, before any request's length is known.
+
+        A MACs budget does not depend on the length, so this is the choice itself; a latency budget is
+        checked at the shortest request, whose predicted latency is the lowest any request can have.
+        """
+        self.choose(budget=budget, latency_ms=latency_ms, tokens=None if latency_ms is None else 0.0)
 
     def with_latencies(self, measure: Callable[[list[LengthConfig]], list[Latency]], batch_size: int) -> Frontier:
         """The frontier with every point's latency (and the full model's) measured again, all in one `measure`."""

@@ -5,41 +5,24 @@ so a latency budget has to be checked against time measured here, for the batch 
 A question's cost also grows with its length (a 300-token context costs about twice a 150-token one), so
 each configuration gets a line, ms per question against real tokens per question, fitted over the sample;
 a budget then predicts a request's latency at the request's own length, not at the sample's mean.
+The line itself (`Latency`) and choosing by it live with the frontier (`frontier.py`); this module times.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from .frontier import BudgetError, Frontier, Latency, fit_latency
 from .length_config import LengthConfig
 
 if TYPE_CHECKING:
     from .pipeline import QuestionAnswerer
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Latency:
-    """What one length configuration was measured to cost here, per question."""
-
-    ms: float  # mean ms per question over the sample, i.e. at `tokens` real tokens per question
-    tokens: float | None  # mean real tokens per question (all its windows) of the sample; None: not recorded
-    ms_per_token: float = 0.0  # slope of the line fitted over the sample's questions; never negative
-
-    def at(self, tokens: float | None) -> float:
-        """Predicted ms per question for questions of `tokens` real tokens (None: the sample's mean).
-
-        A latency recorded without its sample's length (a pareto.json from before lengths counted) is flat.
-        """
-        if tokens is None or self.tokens is None:
-            return self.ms
-        return max(0.0, self.ms + self.ms_per_token * (tokens - self.tokens))
 
 
 def measure_latencies(
@@ -82,15 +65,22 @@ def measure_latencies(
     return [fit_latency(tokens, row) for row in per_chunk]
 
 
-def fit_latency(tokens: np.ndarray, ms: np.ndarray) -> Latency:
-    """The least-squares line of ms per question against tokens per question, slope clamped at 0.
+def calibrate(
+    qa: QuestionAnswerer, questions: Sequence[str], contexts: Sequence[str], batch_size: int = 1, repeats: int = 3
+) -> Frontier:
+    """Measure every frontier point's latency on this machine, so that `latency_ms` budgets hold here.
 
-    The line goes through the means, so `Latency.ms` is the sample's mean whatever the slope; a sample
-    whose questions all have one length says nothing about the slope, which is then 0.
+    Latencies in `pareto.json` were measured where the search ran; this replaces them in `qa.frontier`
+    (in memory; the caller may save the returned frontier) with ms per question on these inputs at this
+    batch size, and how that grows per token. Give questions of varied lengths: the slope is fitted
+    across them.
     """
-    spread = float(np.var(tokens))
-    slope = float(np.cov(tokens, ms, bias=True)[0, 1] / spread) if spread > 0 else 0.0
-    return Latency(ms=float(np.mean(ms)), tokens=float(np.mean(tokens)), ms_per_token=max(0.0, slope))
+    if qa.frontier is None:
+        raise BudgetError("this model has no accuracy/cost frontier (pareto.json) to calibrate")
+    qa.frontier = qa.frontier.with_latencies(
+        lambda configs: measure_latencies(qa, questions, contexts, configs, batch_size, repeats), batch_size
+    )
+    return qa.frontier
 
 
 def evenly_spaced(items: Sequence[T], count: int) -> list[T]:

@@ -12,59 +12,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from . import checkpoint
-from .allocator import keep_freed_memory
 from .decoding import decode_answers
-from .features import Window, batches, make_windows, window_defaults
+from .features import Window, batches, make_windows
 from .frontier import BudgetError, Frontier, load_frontier
-from .latency import measure_latencies
 from .length_config import LengthConfig
 from .model import BertForQuestionAnswering
+from .options import AnswerOptions
 from .precision import with_precision
-
-
-@dataclass(frozen=True)
-class AnswerOptions:
-    """Per-call settings, defaults as in the transformers pipeline."""
-
-    top_k: int = 1
-    doc_stride: int | None = None  # overlap between windows; None: min(max_seq_len // 2, 128)
-    max_answer_len: int = 15
-    max_seq_len: int | None = None  # None: min(the model's positions, 384)
-    max_question_len: int = 64
-    handle_impossible_answer: bool = False
-    align_to_words: bool = True
-    null_threshold: float = 0.0
-    length_config: LengthConfig | None = None
-    budget: float | None = None  # fraction of the full model's MACs; picks from the model's frontier
-    latency_ms: float | None = None  # per question on this machine; picks from the model's frontier
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        for name in ("top_k", "max_answer_len", "max_seq_len", "max_question_len", "batch_size"):
-            value = getattr(self, name)
-            if name == "max_seq_len" and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.doc_stride is not None and (not isinstance(self.doc_stride, int) or self.doc_stride < 0):
-            raise ValueError(f"doc_stride must be an integer >= 0, got {self.doc_stride!r}")
-        if self.length_config is not None and not isinstance(self.length_config, LengthConfig):
-            raise ValueError(f"length_config must be a LengthConfig, got {type(self.length_config).__name__}")
-        chosen = [n for n in ("length_config", "budget", "latency_ms") if getattr(self, n) is not None]
-        if len(chosen) > 1:
-            raise ValueError(f"give only one of length_config, budget and latency_ms, got {' and '.join(chosen)}")
-
-    def resolved(self, max_positions: int) -> AnswerOptions:
-        """The options with the model-dependent defaults filled in."""
-        max_seq_len, doc_stride = window_defaults(max_positions, self.max_seq_len, self.doc_stride)
-        return replace(self, max_seq_len=max_seq_len, doc_stride=doc_stride)
 
 
 @dataclass
@@ -92,8 +53,9 @@ class QuestionAnswerer:
         self.frontier = frontier
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self.defaults = AnswerOptions(**defaults)
-        # fail at construction, not at the first call; a latency budget only if no request could meet it
-        self._resolve(self.defaults, tokens_per_question=0.0)
+        checked = self.options()  # a bad default fails here, not at the first call
+        if checked.budget is not None or checked.latency_ms is not None:
+            self._frontier().check(budget=checked.budget, latency_ms=checked.latency_ms)
 
     @classmethod
     def from_pretrained(
@@ -106,10 +68,8 @@ class QuestionAnswerer:
     ) -> QuestionAnswerer:
         """Load a checkpoint directory or Hugging Face Hub id (see `checkpoint.resolve`); None: the shipped model.
 
-        `precision` "bf16" or "int8" runs the encoder's Linear layers in that precision on CPU. On glibc the
-        process keeps freed memory for reuse (see `allocator`), which spares every call its page faults.
+        `precision` "bf16" or "int8" runs the encoder's Linear layers in that precision on CPU.
         """
-        keep_freed_memory()
         directory = checkpoint.resolve(path_or_id, revision)
         model = with_precision(checkpoint.load_model(directory).to(device), precision)
         return cls(model, checkpoint.load_tokenizer(directory), load_frontier(directory), **defaults)
@@ -136,16 +96,13 @@ class QuestionAnswerer:
         **options,
     ) -> Answers:
         """Answer every pair; `progress(n)` is told each time n more windows have gone through the model."""
-        windows = self.windows(questions, contexts, **options)
-        return Answers(self.answer(windows, contexts, progress, **options), windows)
+        opts = self.options(**options)
+        windows = self._windows(questions, contexts, opts)
+        return Answers(self._answer(windows, contexts, opts, progress), windows)
 
     def windows(self, questions: Sequence[str], contexts: Sequence[str], **options) -> list[Window]:
         """Tokenise every pair into model windows: done once, then `answer` under any length config."""
-        _check_texts(questions, contexts)
-        opts = self.options(tokens_per_question=0.0, **options)  # the length config is chosen in `answer`
-        return make_windows(
-            self.tokenizer, questions, contexts, opts.max_seq_len, opts.doc_stride, opts.max_question_len
-        )
+        return self._windows(questions, contexts, self.options(**options))
 
     def answer(
         self,
@@ -155,9 +112,24 @@ class QuestionAnswerer:
         **options,
     ) -> list[list[dict]]:
         """The answers of each context from windows that `windows` made of it, best first."""
+        return self._answer(windows, contexts, self.options(**options), progress)
+
+    def _windows(self, questions: Sequence[str], contexts: Sequence[str], opts: AnswerOptions) -> list[Window]:
+        _check_texts(questions, contexts)
+        return make_windows(
+            self.tokenizer, questions, contexts, opts.max_seq_len, opts.doc_stride, opts.max_question_len
+        )
+
+    def _answer(
+        self,
+        windows: Sequence[Window],
+        contexts: Sequence[str],
+        opts: AnswerOptions,
+        progress: Callable[[int], None] | None,
+    ) -> list[list[dict]]:
         tokens_per_question = sum(w.length for w in windows) / max(1, len(contexts))
-        opts = self.options(tokens_per_question=tokens_per_question, **options)
-        start_logits, end_logits = self.logits(windows, opts.length_config, opts.batch_size, progress)
+        length_config = self.length_config_for(opts, tokens_per_question)
+        start_logits, end_logits = self.logits(windows, length_config, opts.batch_size, progress)
         per_example: list[list[int]] = [[] for _ in contexts]
         for i, window in enumerate(windows):
             per_example[window.example].append(i)
@@ -209,53 +181,15 @@ class QuestionAnswerer:
             [logits[1, i, : w.length] for i, w in enumerate(windows)],
         )
 
-    def length_config_for(
-        self, budget: float | None = None, latency_ms: float | None = None, tokens: float | None = None
-    ) -> LengthConfig:
-        """The most accurate configuration of the model's frontier within a MACs fraction or a latency.
-
-        A latency is predicted for questions of `tokens` real tokens (None: as long as the calibration's).
-        """
-        if self.frontier is None:
-            raise BudgetError(
-                "this model has no accuracy/cost frontier (pareto.json) to choose a budget from; "
-                "run `dtb search` on it first"
-            )
-        return self.frontier.choose(budget=budget, latency_ms=latency_ms, tokens=tokens).length_config
-
-    def calibrate(
-        self, questions: Sequence[str], contexts: Sequence[str], batch_size: int = 1, repeats: int = 3
-    ) -> Frontier:
-        """Measure every frontier point's latency on this machine, so that `latency_ms` budgets hold here.
-
-        Latencies in `pareto.json` were measured where the search ran; this replaces them (in memory; the
-        caller may save the returned frontier) with ms per question on these inputs at this batch size, and
-        how that grows per token. Give questions of varied lengths: the slope is fitted across them.
-        """
-        if self.frontier is None:
-            raise BudgetError("this model has no accuracy/cost frontier (pareto.json) to calibrate")
-        self.frontier = self.frontier.with_latencies(
-            lambda configs: measure_latencies(self, questions, contexts, configs, batch_size, repeats), batch_size
-        )
-        return self.frontier
-
-    def options(self, tokens_per_question: float | None = None, **options) -> AnswerOptions:
-        """The options a call with these would run with: over the defaults, checked, a budget resolved.
+    def options(self, **options) -> AnswerOptions:
+        """The options a call with these runs with: over the defaults, window defaults filled in, checked.
 
         A call's length choice (length_config, budget or latency_ms, even None) replaces the default one.
-        A latency budget is met for questions of `tokens_per_question` real tokens (None: typical ones).
+        A budget stays a budget here: `length_config_for` turns it into a configuration once the call's
+        windows, and so its length, are known.
         """
-        if options.keys() & {"length_config", "budget", "latency_ms"}:
-            options = {"length_config": None, "budget": None, "latency_ms": None, **options}
-        return self._resolve(replace(self.defaults, **options), tokens_per_question)
-
-    def _resolve(self, opts: AnswerOptions, tokens_per_question: float | None = None) -> AnswerOptions:
-        """Fill in model-dependent defaults, turn a budget into a length config, check against the model."""
         config = self.model.config
-        opts = opts.resolved(config.max_position_embeddings)
-        if opts.budget is not None or opts.latency_ms is not None:
-            chosen = self.length_config_for(opts.budget, opts.latency_ms, tokens_per_question)
-            opts = replace(opts, length_config=chosen, budget=None, latency_ms=None)
+        opts = self.defaults.updated(**options).with_window_defaults(config.max_position_embeddings)
         if opts.max_seq_len > config.max_position_embeddings:
             raise ValueError(
                 f"max_seq_len ({opts.max_seq_len}) exceeds the model's {config.max_position_embeddings} positions"
@@ -265,6 +199,30 @@ class QuestionAnswerer:
         if opts.length_config is not None:
             opts.length_config.check_fits(config.num_hidden_layers, opts.max_seq_len)
         return opts
+
+    def length_config_for(
+        self, options: AnswerOptions, tokens_per_question: float | None = None
+    ) -> LengthConfig | None:
+        """The length configuration a call runs: its own, or the frontier's most accurate within its budget.
+
+        A latency budget is met for questions of `tokens_per_question` real tokens (all their windows;
+        None: as long as those the latencies were measured on). None: full length.
+        """
+        if options.budget is None and options.latency_ms is None:
+            return options.length_config
+        point = self._frontier().choose(
+            budget=options.budget, latency_ms=options.latency_ms, tokens=tokens_per_question
+        )
+        point.length_config.check_fits(self.model.config.num_hidden_layers, options.max_seq_len)
+        return point.length_config
+
+    def _frontier(self) -> Frontier:
+        if self.frontier is None:
+            raise BudgetError(
+                "this model has no accuracy/cost frontier (pareto.json) to choose a budget from; "
+                "run `dtb search` on it first"
+            )
+        return self.frontier
 
 
 def _normalise_inputs(args: tuple, question, context) -> tuple[list[str], list[str], bool]:

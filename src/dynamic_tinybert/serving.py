@@ -17,9 +17,10 @@ from __future__ import annotations
 import threading
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .length_config import LengthConfig
+from .options import option_field, option_names, option_type
 from .pipeline import QuestionAnswerer
 
 
@@ -32,19 +33,16 @@ class QuestionContext(Strict):
     context: str
 
 
-class Parameters(Strict):
-    """Per-request options; any left out take the server's defaults (`dtb serve` options)."""
+def request_field(name: str) -> tuple:
+    """An `AnswerOptions` field as an optional request parameter (a length config travels as its text)."""
+    kind = str if name == "length_config" else option_type(name)
+    return kind | None, Field(None, description=option_field(name).metadata["help"])
 
-    top_k: int | None = None
-    doc_stride: int | None = None
-    max_answer_len: int | None = None
-    max_seq_len: int | None = None
-    max_question_len: int | None = None
-    handle_impossible_answer: bool | None = None
-    align_to_words: bool | None = None
-    budget: float | None = None
-    latency_ms: float | None = None
-    length_config: str | None = None
+
+# Per-request options, derived from `AnswerOptions`; any left out take the server's defaults (`dtb serve`).
+Parameters = create_model(
+    "Parameters", __base__=Strict, **{name: request_field(name) for name in option_names(per_request_only=True)}
+)
 
 
 class AnswerRequest(Strict):

@@ -31,10 +31,10 @@ from ..fileio import atomic_write_text
 from ..model import BertForQuestionAnswering
 from ..pipeline import QuestionAnswerer
 from ..precision import warn_if_bf16_is_emulated
-from ..pruning import Pruner, PruningSchedule
 from ..squad import SquadDataset
 from .data import Features, epoch_batches, iterate
 from .objectives import Objective
+from .pruning import Pruner, PruningSchedule
 
 PRECISIONS = ("auto", "bf16", "fp32")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .model import BertForQuestionAnswering, is_token_scorer
+from ..model import BertForQuestionAnswering, is_token_scorer
 
 # Output rows per block of each pattern: a block is `rows` consecutive output rows of one input column.
 PATTERNS = {"1x4": 4, "unstructured": 1}

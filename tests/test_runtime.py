@@ -1,4 +1,4 @@
-"""Freed activation memory is kept for reuse: repeated forward passes stop costing page faults."""
+"""Freed activation memory kept for reuse, when asked: repeated forward passes stop costing page faults."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dynamic_tinybert.allocator import keep_freed_memory
+from dynamic_tinybert.runtime import keep_freed_memory
 
 glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
@@ -17,7 +17,7 @@ glibc_only = pytest.mark.skipif(
 # ten forward passes of a small BERT over 16 x 200 tokens; prints the minor page faults they cost
 FORWARD_PASSES = """
 import resource, sys, torch
-from dynamic_tinybert.allocator import keep_freed_memory
+from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.model import BertConfig, BertForQuestionAnswering
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
@@ -50,3 +50,15 @@ def test_keeping_freed_memory_spares_repeated_forward_passes_most_of_their_page_
 def test_it_applies_once_and_reports_success():
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True
+
+
+def test_loading_a_model_and_answering_leave_mallocs_settings_alone(tiny_checkpoint):
+    """A threaded server keeps glibc's defaults: only the CLI's long batch jobs opt in."""
+    script = (
+        "import sys; from dynamic_tinybert import QuestionAnswerer, runtime; "
+        "qa = QuestionAnswerer.from_pretrained(sys.argv[1]); qa(question='who lives in paris ?', "
+        "context='bob lives in paris .'); print(runtime._kept)"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tiny_checkpoint)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"

@@ -1,0 +1,66 @@
+"""The process the model runs in: which device it may use, how much memory it peaked at, how malloc behaves.
+
+`keep_freed_memory` is opt-in. glibc's malloc serves blocks above its mmap threshold with fresh pages and
+returns them on free(), and trims the heap top above its trim threshold, so a long batch job that allocates
+and frees the same multi-megabyte activations every forward pass pays page faults for them each time.
+Raising both thresholds lets freed blocks be reused, at the price of the process keeping its peak memory.
+That suits one long batch job (`dtb eval`, `search`, `sweep`, `calibrate`, `bench`), which turn it on. It
+does not suit a threaded server: every thread's arena would keep its own peak. Loading a model never
+changes it. The measurements behind it are in docs/experiments/malloc-tuning.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+import sys
+
+import torch
+
+M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling on 64-bit: larger blocks are always mmap()ed
+TRIM_THRESHOLD = 2**30
+
+_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds once per process; False where the C library is not glibc."""
+    global _kept
+    if _kept is None:
+        _kept = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            libc = ctypes.CDLL(ctypes.util.find_library("c"))
+            _kept = bool(
+                libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+            )
+    return _kept
+
+
+def check_device(device: str) -> bool:
+    """Whether `device` is a GPU; a one-line error for a device this torch cannot use."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda (cuda:N for one of several GPUs), got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch sees no CUDA GPU")
+    return kind == "cuda"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory.
+
+    On Linux the kernel's VmHWM: a spawned child's ru_maxrss also counts its parent's memory at the fork.
+    """
+    if sys.platform == "linux":
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**10
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
