@@ -844,7 +844,7 @@ def test_the_length_drop_bench_trains_each_variant_from_one_start_and_scores_eve
     train = write_squad_file(synthetic_dataset(40, seed=1), tmp_path / "train.json")
     dev = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")
     output = tmp_path / "length-drop"
-    command = [sys.executable, "bench/length_drop.py", "--model", str(tiny_checkpoint), "--data", str(train)]
+    command = [sys.executable, "experiments/length_drop.py", "--model", str(tiny_checkpoint), "--data", str(train)]
     command += ["--eval-data", str(dev), "--train-questions", "40", "--eval-questions", "8", "--steps", "2"]
     command += ["--batch-size", "4", "--variants", "start,span,lengthdrop", "--output", str(output)]
     run = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
@@ -862,7 +862,8 @@ def test_the_length_drop_bench_trains_each_variant_from_one_start_and_scores_eve
 
 
 def test_the_length_drop_bench_names_an_unknown_variant(tmp_path):
-    command = [sys.executable, "bench/length_drop.py", "--data", "x", "--eval-data", "y", "--output", str(tmp_path)]
+    command = [sys.executable, "experiments/length_drop.py", "--data", "x", "--eval-data", "y"]
+    command += ["--output", str(tmp_path)]
     run = subprocess.run(
         [*command, "--variants", "span,dropout"], cwd=Path(__file__).parents[1], capture_output=True, text=True
     )
@@ -903,8 +904,9 @@ def test_the_token_selection_bench_scores_attention_and_learned_selection_on_the
     model_dir = checkpoint.save_checkpoint(tiny_model(token_selection="learned"), TOKENIZER, tmp_path / "learned")
     dev = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")
     output = tmp_path / "token-selection"
-    command = [sys.executable, "bench/token_selection.py", "--model", str(model_dir), "--frontier-from", str(model_dir)]
-    command += ["--eval-data", str(dev), "--eval-questions", "8", "--config", "0.9,0.5,0.3+q", "--output", str(output)]
+    command = [sys.executable, "experiments/token_selection.py", "--model", str(model_dir)]
+    command += ["--frontier-from", str(model_dir), "--eval-data", str(dev), "--eval-questions", "8"]
+    command += ["--config", "0.9,0.5,0.3+q", "--output", str(output)]
     run = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     result = json.loads(output.with_suffix(".json").read_text())
@@ -918,7 +920,7 @@ def test_the_answer_survival_bench_splits_changed_answers_into_dropped_and_kept(
     model_dir = checkpoint.save_checkpoint(tiny_model(token_selection="learned"), TOKENIZER, tmp_path / "learned")
     data = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")
     output = tmp_path / "survival"
-    command = [sys.executable, "bench/answer_survival.py", "--model", str(model_dir), "--data", str(data)]
+    command = [sys.executable, "experiments/answer_survival.py", "--model", str(model_dir), "--data", str(data)]
     command += ["--config", "1.0,1.0,1.0", "--config", "0.5,0.3,0.1", "--output", str(output)]
     run = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -931,7 +933,7 @@ def test_the_answer_survival_bench_splits_changed_answers_into_dropped_and_kept(
 
 
 def test_the_token_selection_bench_refuses_a_model_that_ranks_by_attention(tiny_checkpoint, tmp_path):
-    command = [sys.executable, "bench/token_selection.py", "--model", str(tiny_checkpoint), "--eval-data", "x"]
+    command = [sys.executable, "experiments/token_selection.py", "--model", str(tiny_checkpoint), "--eval-data", "x"]
     run = subprocess.run(
         [*command, "--output", str(tmp_path / "o")], cwd=Path(__file__).parents[1], capture_output=True, text=True
     )
