@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -223,14 +222,12 @@ def test_results_are_written_as_a_markdown_table_json_and_a_plot(model_dir, tmp_
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
-def test_the_script_runs_each_system_in_its_own_process_and_reports_its_peak_rss(model_dir, tmp_path):
+def test_dtb_bench_runs_each_system_in_its_own_process_and_reports_its_peak_rss(model_dir, tmp_path, capsys):
     data = write_squad_file(DATA, tmp_path / "data.json")
     output = tmp_path / "speed"
-    command = [sys.executable, "bench/speed.py", "--model", str(model_dir), "--data", str(data), "--limit", "5"]
-    command += ["--systems", "project@4", "--threads", "1", "--output", str(output)]
-    run = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "| dynamic-tinybert | fp32 | full | 4 |" in run.stdout
+    argv = ["bench", "--model", str(model_dir), "--data", str(data), "--limit", "5"]
+    assert cli.main([*argv, "--systems", "project@4", "--threads", "1", "--output", str(output)]) == 0
+    assert "| dynamic-tinybert | fp32 | full | 4 |" in capsys.readouterr().out
     (row,) = json.loads(output.with_name("speed.json").read_text())["rows"]
     assert row["peak_rss_mib"] > 0
 
