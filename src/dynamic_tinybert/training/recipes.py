@@ -108,9 +108,9 @@ def objective(
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
     if length_drop is not None and stage == "id":
-        raise ValueError("LengthDrop goes with the pd stage (or finetune), not id")
+        raise ValueError("LengthDrop (--length-drop) goes with the pd stage (or finetune), not id")
     if length_drop is not None and stage == "scorers":
-        raise ValueError("the scorers stage trains a frozen model; LengthDrop does not apply")
+        raise ValueError("the scorers stage trains a frozen model; LengthDrop (--length-drop) does not apply")
     if stage == "finetune":
         base: Objective = SpanLoss()
     elif stage == "scorers":
