@@ -59,6 +59,29 @@ def test_windows_remember_which_example_they_came_from(tokenizers) -> None:
     assert examples == sorted(examples) and examples[-1] == 1 and examples.count(1) == 1
 
 
+def test_a_long_question_is_kept_whole_as_the_pipeline_keeps_it_with_a_fast_tokenizer(tokenizers) -> None:
+    """The pipeline's max_question_len (64) only cuts with a slow tokenizer: a fast one truncates the context."""
+    ours, theirs = tokenizers
+    long_question = " ".join(["which", "team", "won"] * 30) + " Super Bowl 50?"
+    assert len(ours.encode(long_question, add_special_tokens=False).ids) > 64
+    windows = make_windows(ours, [long_question], [CONTEXT * 3])
+    expected = theirs(
+        long_question,
+        CONTEXT * 3,
+        truncation="only_second",
+        max_length=384,
+        stride=128,
+        return_overflowing_tokens=True,
+    )
+    assert [w.encoding.ids for w in windows] == expected["input_ids"]
+
+
+def test_a_question_so_long_that_no_context_fits_is_a_clear_error(tokenizers) -> None:
+    ours, _ = tokenizers
+    with pytest.raises(ValueError, match=r"question 0 has 300 tokens, which leaves 81 for the context"):
+        make_windows(ours, [" ".join(["why"] * 300)], [CONTEXT])
+
+
 def test_a_question_longer_than_max_question_len_is_cut(tokenizers) -> None:
     ours, _ = tokenizers
     long_question = " ".join(["why"] * 100) + "?"

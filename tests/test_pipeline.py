@@ -65,6 +65,19 @@ def test_pipeline_options_give_the_same_answers_as_transformers(qa, hf_pipeline,
     assert agreement(flatten(ours), flatten(theirs)) >= 0.96
 
 
+def test_questions_longer_than_64_tokens_get_the_pipelines_answers(qa, hf_pipeline, dev_questions):
+    """With a fast tokenizer the pipeline keeps a long question whole; so does the project by default."""
+    questions, contexts = (values[:10] for values in dev_questions)
+    preamble = "Reading the passage below carefully and thinking about every sentence in it, tell me: " * 4
+    long_questions = [preamble + q for q in questions]
+    assert all(len(qa.tokenizer.encode(q, add_special_tokens=False).ids) > 64 for q in long_questions)
+    ours = qa(question=long_questions, context=contexts)
+    theirs = [hf_pipeline(question=q, context=c) for q, c in zip(long_questions, contexts)]
+    assert agreement(ours, theirs) == 1.0
+    cut = qa(question=long_questions, context=contexts, max_question_len=8)  # cutting, when asked, changes them
+    assert agreement(cut, theirs) < 1.0
+
+
 def test_one_pair_gives_one_answer_dict_with_offsets_into_the_context(qa):
     answer = qa(question="Where do I live?", context=CONTEXT)
     assert set(answer) == {"score", "start", "end", "answer"}

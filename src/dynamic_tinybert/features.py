@@ -44,15 +44,19 @@ def make_windows(
     contexts: Sequence[str],
     max_seq_len: int = 384,
     doc_stride: int = 128,
-    max_question_len: int = 64,
+    max_question_len: int | None = None,
 ) -> list[Window]:
     """Tokenise every (question, context) pair once into its windows, in input order.
 
-    Questions longer than `max_question_len` tokens are cut to that length, as the pipeline documents.
+    As the transformers pipeline does with a fast tokenizer, a question is never cut by default: only the
+    context is split into windows. With `max_question_len`, longer questions are cut to that many tokens
+    (what the pipeline documents, and does only with a slow tokenizer). A question so long that no context
+    fits beside it with `doc_stride` tokens of overlap is refused with a ValueError naming it.
     """
     if doc_stride >= max_seq_len:
         raise ValueError(f"doc_stride ({doc_stride}) must be smaller than max_seq_len ({max_seq_len})")
-    questions = [_cut_question(tokenizer, q, max_question_len) for q in questions]
+    if max_question_len is not None:
+        questions = [_cut_question(tokenizer, q, max_question_len) for q in questions]
     tokenizer.no_padding()
     tokenizer.no_truncation()
     question_lengths = [len(e.ids) for e in tokenizer.encode_batch(list(questions), add_special_tokens=False)]

@@ -36,7 +36,9 @@ class AnswerOptions:
     )
     max_answer_len: int = option(15, "longest answer in tokens", pipeline=True)
     max_seq_len: int | None = option(None, "tokens per window (default: min(model positions, 384))", pipeline=True)
-    max_question_len: int = option(64, "question tokens kept; the rest are cut", pipeline=True)
+    max_question_len: int | None = option(
+        None, "cut questions to this many tokens (default: never, as the pipeline with a fast tokenizer)", pipeline=True
+    )
     handle_impossible_answer: bool = option(False, "let the empty answer compete", pipeline=True)
     align_to_words: bool = option(True, "answers start and end on word boundaries", pipeline=True)
     null_threshold: float = option(
@@ -50,7 +52,7 @@ class AnswerOptions:
     def __post_init__(self) -> None:
         for name in ("top_k", "max_answer_len", "max_seq_len", "max_question_len", "batch_size"):
             value = getattr(self, name)
-            if name == "max_seq_len" and value is None:
+            if name in ("max_seq_len", "max_question_len") and value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
