@@ -7,21 +7,20 @@ or because the tokens it kept were computed with part of the context missing. Th
 selection's loss (better scorers help), the second the encoder's (LengthDrop training helps). Configs are
 the model's frontier by default. Prints a table and writes JSON.
 
-    python bench/answer_survival.py --data ../shared/data/squad/train-v2.0.json.gz --answerable-only \
-        --last-articles 2 --threads 2 --output bench/results/answer-survival
+    python experiments/answer_survival.py --data ../shared/data/squad/train-v2.0.json.gz --answerable-only \
+        --last-articles 2 --threads 2 --output docs/experiments/results/answer-survival
 """
 
 from __future__ import annotations
 
-import argparse
-import platform
 from pathlib import Path
 
 import torch
 
-from dynamic_tinybert import LengthConfig, QuestionAnswerer
+from dynamic_tinybert import LengthConfig, QuestionAnswerer, checkpoint
+from dynamic_tinybert.benchmark.results import add_run_args, parse_args, script_parser, show_result, texts
 from dynamic_tinybert.features import Window, batches
-from dynamic_tinybert.fileio import write_report
+from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.squad import load_squad
 
 
@@ -56,7 +55,7 @@ def survival(qa: QuestionAnswerer, windows: list[Window], configs: list[LengthCo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--model", help="checkpoint folder or hub id (default: the shipped model)")
     parser.add_argument("--data", type=Path, required=True, help="a SQuAD file")
     parser.add_argument("--answerable-only", action="store_true", help="only questions with an answer")
@@ -64,13 +63,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N questions")
     parser.add_argument("--config", action="append", default=[], help="a length config (repeatable; default: frontier)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--output", type=Path, required=True, help="writes OUTPUT.md and OUTPUT.json")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_run_args(parser)
+    args = parse_args(parser)
+    keep_freed_memory()  # one long batch job: reuse freed activations instead of faulting pages in again
 
-    qa = QuestionAnswerer.from_pretrained(args.model)
+    directory = checkpoint.resolve(args.model)
+    qa = QuestionAnswerer.from_pretrained(directory)
     dataset = load_squad(args.data, answerable_only=args.answerable_only, limit=args.limit)
     if args.last_articles:
         try:
@@ -83,7 +81,7 @@ def main() -> None:
         configs = [point.length_config for point in qa.frontier.points]
     else:
         parser.error("the model has no frontier (pareto.json); give --config")
-    windows = qa.windows([q.question for q in dataset.questions], [q.context for q in dataset.questions])
+    windows = qa.windows(*texts(dataset.questions))
 
     rows = []
     for config, counts in zip(configs, survival(qa, windows, configs, args.batch_size), strict=True):
@@ -108,16 +106,13 @@ def main() -> None:
         f" | {r['changed_by_dropping']:.0%} |\n"
         for r in rows
     )
-    print(table, end="")
     data = {
         "model": args.model or "shipped",
         "data": args.data.name,
         "questions": len(dataset.questions),
-        "machine": platform.processor() or platform.machine(),
         "rows": rows,
     }
-    for path in write_report(args.output, table, data):
-        print(f"written to {path}")
+    show_result(args.output, table, data, directory)
 
 
 if __name__ == "__main__":

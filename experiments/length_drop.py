@@ -13,13 +13,12 @@ fixed dropping configurations, beside the untrained start model:
 
 Runs on a GPU when there is one (bf16 autocast), else on the CPU (fp32). Writes a markdown table and JSON.
 
-    python bench/length_drop.py --model M --data train-v2.0.json.gz --eval-data dev-v1.1.json.gz \
-        --train-questions 20000 --steps 600 --output bench/results/length-drop
+    python experiments/length_drop.py --model M --data train-v2.0.json.gz --eval-data dev-v1.1.json.gz \
+        --train-questions 20000 --steps 600 --output docs/experiments/results/length-drop
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -27,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from dynamic_tinybert import LengthConfig, QuestionAnswerer, checkpoint, training
-from dynamic_tinybert.evaluate import Evaluator
+from dynamic_tinybert import checkpoint, training
+from dynamic_tinybert.benchmark import results
 from dynamic_tinybert.features import window_defaults
-from dynamic_tinybert.fileio import write_report
-from dynamic_tinybert.frontier import Frontier, load_frontier
+from dynamic_tinybert.frontier import load_frontier
+from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.squad import load_squad
 from dynamic_tinybert.training.data import training_data
 
@@ -45,23 +44,6 @@ VARIANTS = {
 }
 
 
-def configs_for(num_layers: int, frontier: Frontier | None) -> dict[str, LengthConfig | None]:
-    """Keep ratios (of each window's real tokens) per layer to score: a constant slope inside LengthDrop's
-    training range, LengthDrop's own smallest sub-model, and the start model's second and third most
-    expensive frontier points (where it has a frontier)."""
-    slope = tuple(round(0.9 - 0.5 * i / max(1, num_layers - 1), 4) for i in range(num_layers))
-    smallest = tuple(round(0.8 ** (i + 1), 6) for i in range(num_layers))  # 6 decimals: 0.8^i exactly, i <= 6
-    configs = {
-        "full": None,
-        "slope 0.9-0.4": LengthConfig.ratios(slope),
-        "smallest (0.8^i)": LengthConfig.ratios(smallest),
-    }
-    points = [] if frontier is None else frontier.points  # cheapest first
-    for index in range(len(points) - 2, max(-1, len(points) - 4), -1):
-        configs[f"frontier {index}"] = points[index].length_config
-    return configs
-
-
 def objective_for(variant: str, seed: int) -> training.Objective:
     settings = VARIANTS[variant]
     if not settings:
@@ -69,20 +51,8 @@ def objective_for(variant: str, seed: int) -> training.Objective:
     return training.LengthDrop(training.SpanLoss(), ratio_bound=0.2, seed=seed, **settings)
 
 
-def score(model, tokenizer, dev, configs: dict, batch_size: int) -> dict:
-    """EM, F1 and MACs ratio of `model` on `dev` under each config."""
-    qa = QuestionAnswerer(model.eval(), tokenizer, batch_size=batch_size)
-    evaluator = Evaluator(qa, dev, max_answer_len=30)
-    scores = {}
-    for name, config in configs.items():
-        evaluation = evaluator(config)
-        scores[name] = {"f1": round(evaluation.f1, 2), "em": round(evaluation.exact_match, 2)}
-        scores[name]["macs_ratio"] = round(evaluation.macs_ratio, 3)
-    return scores
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = results.script_parser(__doc__)
     parser.add_argument("--model", type=Path, help="start model (default: the shipped one)")
     parser.add_argument("--data", type=Path, required=True, help="SQuAD training file (answerable questions used)")
     parser.add_argument("--eval-data", type=Path, required=True, help="SQuAD dev file")
@@ -94,12 +64,13 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-best", type=Path, help="write the trained variant best at 'slope 0.9-0.4' here (fp16)")
-    parser.add_argument("--output", type=Path, required=True, help="writes OUTPUT.md and OUTPUT.json")
-    args = parser.parse_args()
+    results.add_run_args(parser)
+    args = results.parse_args(parser)
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    keep_freed_memory()  # one long batch job: reuse freed activations instead of faulting pages in again
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     directory = checkpoint.resolve(args.model)
@@ -109,7 +80,7 @@ def main() -> None:
     windows = training.WindowSettings(max_seq_len, doc_stride)
     features, _ = training_data(tokenizer, args.data, windows, answerable_only=True, limit=args.train_questions)
     dev = load_squad(args.eval_data, limit=args.eval_questions)
-    configs = configs_for(config.num_hidden_layers, load_frontier(directory))
+    configs = results.dropping_configs(config.num_hidden_layers, load_frontier(directory))
     result = {
         "start_model": str(args.model or directory),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -152,17 +123,18 @@ def main() -> None:
                 log = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
                 entry["loss"] = [round(e["loss"], 4) for e in log if "loss" in e]
         model.to(device)
-        entry["scores"] = score(model, tokenizer, dev, configs, batch_size=64)
+        entry["scores"] = results.score_configs(model, tokenizer, dev, configs, batch_size=64)
         result["variants"][variant] = entry
         print(variant, json.dumps(entry), flush=True)
-        write_report(args.output, markdown(result), result)  # after each variant: a cut-short run keeps its rows
+        # after each variant: a cut-short run keeps its rows
+        results.write_result(args.output, markdown(result), result, directory, device.type)
         dropping = entry["scores"]["slope 0.9-0.4"]["f1"]
         if VARIANTS[variant] is not None and (best is None or dropping > best[0]):
             best = (dropping, variant, model.cpu())
     if args.save_best is not None and best is not None:
         checkpoint.save_checkpoint(best[2], tokenizer, args.save_best, dtype=torch.float16)
         result["saved"] = {"variant": best[1], "path": str(args.save_best)}
-        write_report(args.output, markdown(result), result)
+        results.write_result(args.output, markdown(result), result, directory, device.type)
 
 
 def markdown(result: dict) -> str:

@@ -9,15 +9,14 @@ MKL, so 1x4 blocks can only go through CSR. Prints a table of medians and writes
 With `--model` (a pruned checkpoint), also the whole model end to end on SQuAD dev questions, one call per
 question and batches of 32: its encoder Linear layers dense fp32, as CSR, and int8 for comparison.
 
-    python bench/sparse_linear.py --threads 2 --output bench/results/sparse-linear
-    python bench/sparse_linear.py --threads 2 --model runs/pruned80/model --output bench/results/sparse-model
+    python experiments/sparse_linear.py --threads 2 --output docs/experiments/results/sparse-linear
+    python experiments/sparse_linear.py --threads 2 --model runs/pruned80/model \
+        --output docs/experiments/results/sparse-model
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -27,14 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynamic_tinybert import QuestionAnswerer
-from dynamic_tinybert.fileio import write_report
+from dynamic_tinybert.benchmark.provenance import cpu_model
+from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result, texts
 from dynamic_tinybert.latency import measure_latencies
 from dynamic_tinybert.precision import with_precision
 from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.squad import load_squad
 from dynamic_tinybert.training.pruning import encoder_linears, magnitude_mask, sparsity_report
-
-SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 
 SHAPES = {  # (out_features, in_features) of the encoder's Linear layers
     "MiniLM-L6-H384 attention (384x384)": (384, 384),
@@ -123,7 +121,7 @@ def with_csr_linears(model: nn.Module) -> nn.Module:
     return model
 
 
-def measure_model(model_dir: Path, questions: int, repeats: int) -> dict:
+def measure_model(model_dir: Path, data: Path, questions: int, repeats: int) -> dict:
     """Whole model, end to end per question: dense fp32 against CSR (and int8) encoder Linear layers."""
     dense = QuestionAnswerer.from_pretrained(model_dir, max_answer_len=30)
     report = sparsity_report(dense.model)
@@ -132,9 +130,8 @@ def measure_model(model_dir: Path, questions: int, repeats: int) -> dict:
         "CSR fp32": QuestionAnswerer(with_csr_linears(dense.model), dense.tokenizer, max_answer_len=30),
         "dense int8": QuestionAnswerer(with_precision(dense.model, "int8"), dense.tokenizer, max_answer_len=30),
     }
-    sample = load_squad(SQUAD_DEV, limit=questions).questions
-    texts = [q.question for q in sample], [q.context for q in sample]
-    windows = dense.windows(*texts)
+    sample = texts(load_squad(data, limit=questions).questions)
+    windows = dense.windows(*sample)
     expected = dense.logits(windows, None, 32)[0]
     csr_logits = variants["CSR fp32"].logits(windows, None, 32)[0]
     difference = max(float(abs(a - b).max()) for a, b in zip(expected, csr_logits))
@@ -142,14 +139,14 @@ def measure_model(model_dir: Path, questions: int, repeats: int) -> dict:
     rows = []
     for batch_size in (1, 32):
         for kernel, qa in variants.items():
-            (latency,) = measure_latencies(qa, *texts, [None], batch_size, repeats)
+            (latency,) = measure_latencies(qa, *sample, [None], batch_size, repeats)
             rows.append({"kernel": kernel, "batch_size": batch_size, "ms_per_question": round(latency.ms, 3)})
             print(rows[-1], flush=True)
     return {
         "model": str(model_dir),
         "sparsity": round(report["overall"], 4),
         "pattern": report["pattern"],
-        "questions": f"{SQUAD_DEV.name} first {questions}, {len(windows)} windows",
+        "questions": f"{data.name} first {questions}, {len(windows)} windows",
         "max_logit_difference_csr_vs_dense": difference,
         "rows": rows,
     }
@@ -176,7 +173,7 @@ def model_markdown(result: dict) -> str:
 def markdown(rows: list[dict], threads: int) -> str:
     kernels_ = list(dict.fromkeys(r["kernel"] for r in rows))
     lines = [
-        f"# 1x4 block-sparse Linear layers on {platform.processor() or platform.machine()} "
+        f"# 1x4 block-sparse Linear layers on {cpu_model()} "
         f"({torch.backends.cpu.get_cpu_capability()}), {threads} thread(s), torch {torch.__version__}",
         "",
         "Median ms per call; speed-up against dense fp32 of the same layer in brackets.",
@@ -195,27 +192,25 @@ def markdown(rows: list[dict], threads: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser = script_parser(__doc__)
     parser.add_argument("--tokens", type=lambda s: [int(v) for v in s.split(",")], default=[170, 32 * 170])
     parser.add_argument("--sparsities", type=lambda s: [float(v) for v in s.split(",")], default=[0.8, 0.9])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--model", type=Path, help="a pruned checkpoint: time the whole model instead")
     parser.add_argument("--questions", type=int, default=100, help="with --model: dev questions timed")
-    parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()
+    add_data_arg(parser, "dev-v1.1.json.gz", help="with --model: the SQuAD file the questions come from")
+    add_run_args(parser, threads=2, output_required=False)
+    args = parse_args(parser)
+    keep_freed_memory()  # one long batch job: reuse freed activations instead of faulting pages in again
     with torch.inference_mode():
         if args.model is not None:
-            result = {"threads": args.threads, **measure_model(args.model, args.questions, min(args.repeats, 5))}
+            measured = measure_model(args.model, args.data, args.questions, min(args.repeats, 5))
+            result = {"threads": args.threads, **measured}
             table = model_markdown(result)
         else:
             result = {"threads": args.threads, "rows": measure(args.tokens, args.sparsities, args.repeats)}
             table = markdown(result["rows"], args.threads)
-    print(table)
-    if args.output is not None:
-        write_report(args.output, table, result)
+    show_result(args.output, table, result, args.model)
 
 
 if __name__ == "__main__":

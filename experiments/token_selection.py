@@ -3,28 +3,27 @@
 The model given has learned token selection (`dtb train scorers`); its twin ranks tokens by the attention
 they receive (the Length-Adaptive Transformer's significance) with exactly the same encoder and span
 head. Both answer the same dev questions at full length (where they are identical) and under the same
-dropping configurations: those `bench/length_drop.py` scores, the same with question tokens protected
+dropping configurations: those `experiments/length_drop.py` scores, the same with question tokens protected
 ("+q"), and any given with --config. Writes a markdown table and JSON.
 
-    python bench/token_selection.py --model runs/scorers/model \
+    python experiments/token_selection.py --model runs/scorers/model \
         --eval-data ../shared/data/squad/dev-v1.1.json.gz --eval-questions 1000 \
-        --config 1.0,0.7,0.5,0.35,0.25,0.2+q --output bench/results/token-selection
+        --config 1.0,0.7,0.5,0.35,0.25,0.2+q --output docs/experiments/results/token-selection
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from length_drop import configs_for, score
 
 from dynamic_tinybert import LengthConfig, checkpoint
-from dynamic_tinybert.fileio import write_report
+from dynamic_tinybert.benchmark import results
 from dynamic_tinybert.frontier import load_frontier
 from dynamic_tinybert.model import BertForQuestionAnswering, is_token_scorer
+from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.squad import load_squad
 
 
@@ -36,7 +35,7 @@ def attention_twin(model: BertForQuestionAnswering) -> BertForQuestionAnswering:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = results.script_parser(__doc__)
     parser.add_argument("--model", type=Path, required=True, help="a checkpoint with learned token selection")
     parser.add_argument(
         "--frontier-from", type=Path, help="whose pareto.json gives frontier configs (default: shipped)"
@@ -44,11 +43,9 @@ def main() -> None:
     parser.add_argument("--eval-data", type=Path, required=True, help="SQuAD dev file")
     parser.add_argument("--eval-questions", type=int, default=1000, help="the first N dev questions")
     parser.add_argument("--config", action="append", default=[], help="another length config to score (repeatable)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--output", type=Path, required=True, help="writes OUTPUT.md and OUTPUT.json")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    results.add_run_args(parser)
+    args = results.parse_args(parser)
+    keep_freed_memory()  # one long batch job: reuse freed activations instead of faulting pages in again
 
     directory = checkpoint.resolve(args.model)
     learned = checkpoint.load_model(directory)
@@ -57,7 +54,7 @@ def main() -> None:
     tokenizer = checkpoint.load_tokenizer(directory)
     dev = load_squad(args.eval_data, limit=args.eval_questions)
     frontier = load_frontier(checkpoint.resolve(args.frontier_from))
-    configs = configs_for(learned.config.num_hidden_layers, frontier)
+    configs = results.dropping_configs(learned.config.num_hidden_layers, frontier)
     protected = {f"{name} +q": replace(c, protect_question=True) for name, c in configs.items() if c is not None}
     extra = {text: LengthConfig.parse(text) for text in args.config}
     result = {
@@ -66,12 +63,12 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "eval": {"data": args.eval_data.name, "questions": len(dev.questions)},
         "configs": {name: "full" if c is None else str(c) for name, c in {**configs, **protected, **extra}.items()},
-        "attention": score(attention_twin(learned), tokenizer, dev, configs, batch_size=64),
+        "attention": results.score_configs(attention_twin(learned), tokenizer, dev, configs, batch_size=64),
     }
     print("attention", json.dumps(result["attention"]), flush=True)
-    result["learned"] = score(learned, tokenizer, dev, {**configs, **protected, **extra}, batch_size=64)
+    result["learned"] = results.score_configs(learned, tokenizer, dev, {**configs, **protected, **extra}, batch_size=64)
     print("learned", json.dumps(result["learned"]), flush=True)
-    write_report(args.output, markdown(result), result)
+    results.write_result(args.output, markdown(result), result, directory)
 
 
 def markdown(result: dict) -> str:
