@@ -1,6 +1,6 @@
 """Do latency budgets hold? Calibrate the frontier on some questions, then time each point on others.
 
-`QuestionAnswerer.calibrate` measures every frontier point's milliseconds per question on this machine and
+`dynamic_tinybert.latency.calibrate` measures every frontier point's milliseconds per question on this machine and
 how they grow per token; a `latency_ms` budget then picks the most accurate point predicted to fit at the
 request's length. This script calibrates on `--calibrate` dev questions spread over the file (as `dtb
 calibrate` samples), then measures every frontier point (and the full model) on `--questions` other ones
@@ -12,40 +12,38 @@ Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
 
-from dynamic_tinybert import QuestionAnswerer
-from dynamic_tinybert.fileio import write_report
-from dynamic_tinybert.latency import evenly_spaced, measure_latencies
+from dynamic_tinybert import QuestionAnswerer, checkpoint
+from dynamic_tinybert.benchmark.provenance import cpu_model
+from dynamic_tinybert.benchmark.results import (
+    add_data_arg,
+    add_run_args,
+    parse_args,
+    script_parser,
+    show_result,
+    texts,
+)
+from dynamic_tinybert.latency import calibrate, evenly_spaced, measure_latencies
 from dynamic_tinybert.precision import PRECISIONS
+from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.squad import load_squad
-
-SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 
 
 def measure(
-    model: str | None, data: Path, precision: str, batch_size: int, calibrate: int, questions: int, repeats: int
+    model: str | None, data: Path, precision: str, batch_size: int, calibrate_on: int, questions: int, repeats: int
 ) -> dict:
     qa = QuestionAnswerer.from_pretrained(model, precision=precision, max_answer_len=30)
     every = load_squad(data).questions
-    calibration = evenly_spaced(every, calibrate)  # spread over the file: many articles, many lengths
+    calibration = evenly_spaced(every, calibrate_on)  # spread over the file: many articles, many lengths
     chosen = {q.id for q in calibration}
     held_out = evenly_spaced([q for q in every if q.id not in chosen], questions)
-    frontier = calibrate(qa, [q.question for q in calibration], [q.context for q in calibration], batch_size, repeats)
+    frontier = calibrate(qa, *texts(calibration), batch_size, repeats)
     points = [*frontier.points, frontier.full]
-    measured = measure_latencies(
-        qa,
-        [q.question for q in held_out],
-        [q.context for q in held_out],
-        [p.length_config for p in points],
-        batch_size,
-        repeats,
-    )
+    measured = measure_latencies(qa, *texts(held_out), [p.length_config for p in points], batch_size, repeats)
     rows = []
     for point, latency in zip(points, measured):
         predicted = point.latency_at(latency.tokens)  # at the held-out questions' own length
@@ -62,11 +60,11 @@ def measure(
         )
         print(json.dumps(rows[-1]), flush=True)
     return {
-        "model": str(model),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {precision}",
+        "model": model or "shipped",
+        "machine": f"{cpu_model()}, {torch.get_num_threads()} threads, {precision}",
         "batch_size": batch_size,
         "repeats": repeats,
-        "calibrated_on": f"{data.name}: {calibrate} questions spread evenly over the file, "
+        "calibrated_on": f"{data.name}: {calibrate_on} questions spread evenly over the file, "
         f"{frontier.full.latency.tokens:.1f} tokens/question",
         "measured_on": f"{data.name}: {questions} other questions spread evenly over it, "
         f"{measured[-1].tokens:.1f} tokens/question",
@@ -95,26 +93,22 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--model", help="checkpoint with a pareto.json (default: the shipped model)")
-    parser.add_argument("--data", type=Path, default=SQUAD_DEV)
+    add_data_arg(parser, "dev-v1.1.json.gz")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--calibrate", type=int, default=50, help="questions the calibration measures")
     parser.add_argument("--questions", type=int, default=100, help="other questions each point is then timed on")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; each question keeps its median")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_run_args(parser, output_required=False)
+    args = parse_args(parser)
+    keep_freed_memory()  # one long batch job, as `dtb calibrate` runs it
+    directory = checkpoint.resolve(args.model)
     result = measure(
         args.model, args.data, args.precision, args.batch_size, args.calibrate, args.questions, args.repeats
     )
-    table = markdown(result)
-    print(table)
-    if args.output is not None:
-        write_report(args.output, table, result)
+    show_result(args.output, markdown(result), result, directory)
 
 
 if __name__ == "__main__":

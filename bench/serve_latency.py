@@ -11,10 +11,8 @@ latency of each and whether the answers agree. Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
-import platform
 import socket
 import subprocess
 import sys
@@ -22,17 +20,15 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
-import torch
 
-from dynamic_tinybert import LengthConfig, QuestionAnswerer
-from dynamic_tinybert.fileio import write_report
+from dynamic_tinybert import LengthConfig, QuestionAnswerer, checkpoint
+from dynamic_tinybert.benchmark.provenance import cpu_model
+from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result
 from dynamic_tinybert.latency import evenly_spaced
 from dynamic_tinybert.squad import load_squad
 
-SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 WARMUP = 5
 ROUNDS = 2  # in process, then over HTTP, twice: alternating per question, each side's idle OpenMP
 # threads spin on the cores the other side needs next, which inflated HTTP's cost 2-3x
@@ -76,17 +72,17 @@ def post(connection: http.client.HTTPConnection, question: str, context: str, pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--model", help="checkpoint directory or hub id (default: the shipped model)")
-    parser.add_argument("--data", type=Path, default=SQUAD_DEV, help="SQuAD file the questions come from")
+    add_data_arg(parser, "dev-v1.1.json.gz", help="SQuAD file the questions come from")
     parser.add_argument("--questions", type=int, default=200, help="questions, spread over the file")
     parser.add_argument("--length-config", help="per-request length config, e.g. 1.0,1.0,0.8,0.75,0.5,0.4+q")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch, here and in the server")
-    parser.add_argument("--output", type=Path, required=True, help="writes OUTPUT.md and OUTPUT.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    add_run_args(parser, threads=2)  # the server gets the same threads
+    args = parse_args(parser)
+    # No keep_freed_memory(): `dtb serve` runs without it, and in process is measured the same way.
 
-    qa = QuestionAnswerer.from_pretrained(args.model)
+    directory = checkpoint.resolve(args.model)
+    qa = QuestionAnswerer.from_pretrained(directory)
     questions = evenly_spaced(load_squad(args.data).questions, args.questions)
     parameters = {} if args.length_config is None else {"length_config": args.length_config}  # JSON: the text
     options = {} if args.length_config is None else {"length_config": LengthConfig.parse(args.length_config)}
@@ -115,14 +111,12 @@ def main() -> None:
         "questions": len(questions),
         "length_config": args.length_config or "full",
         "threads": args.threads,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "rows": rows,
         "http_overhead_p50_ms": round(rows["over HTTP"]["p50_ms"] - rows["in process"]["p50_ms"], 2),
         "same_answers": agree / len(answers["in process"]),
     }
-    table = markdown(result)
-    print(table)
-    write_report(args.output, table, result)
+    show_result(args.output, markdown(result), result, directory)
 
 
 def summary(ms: list[float]) -> dict:

@@ -12,26 +12,24 @@ Writes a markdown table and JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from dynamic_tinybert import QuestionAnswerer
+from dynamic_tinybert.benchmark.provenance import cpu_model
+from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result
 from dynamic_tinybert.cost import macs
 from dynamic_tinybert.evaluate import Evaluator
-from dynamic_tinybert.fileio import write_report
 from dynamic_tinybert.frontier import load_frontier
 from dynamic_tinybert.precision import PRECISIONS
+from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.squad import load_squad
 from dynamic_tinybert.training.pruning import sparsity_report
 
-SQUAD_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
-
-# REFERENCE.md section 5: published, not measured here.
+# docs/reference.md, "Published results": published, not measured here.
 PUBLISHED = [
     ("BERT-base", "88.5", "1x", "Dynamic-TinyBERT README"),
     ("DistilBERT", "85.8", "-", "Dynamic-TinyBERT README"),
@@ -81,7 +79,7 @@ def measure(model: Path, data: Path, limit: int | None, batch_size: int, precisi
         else {"overall": round(sparsity["overall"], 4), "pattern": sparsity["pattern"]},
         "data": f"{data.name} ({len(dataset.questions)} questions, {len(evaluator.windows)} windows)",
         "search": None if frontier is None else frontier.search,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+        "machine": f"{cpu_model()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}, {precision}, batch {batch_size}",
         "rows": rows,
     }
@@ -114,29 +112,24 @@ def markdown(result: dict) -> str:
             f"| {row['f1'] - full['f1']:+.2f} | {row['mean_macs'] / 1e9:.3f} | {row['macs_ratio']:.3f} "
             f"| {row['macs_ratio_vs_padded_384']:.3f} | {row['questions_per_second']:.1f} |"
         )
-    lines += ["", "Published (REFERENCE.md §5), **not measured here**:", ""]
+    lines += ["", "Published (docs/reference.md), **not measured here**:", ""]
     lines += ["| model | SQuAD1.1 F1 | speedup | source |", "|---|---|---|---|"]
     lines += [f"| {m} | {f1} | {speed} | {source} |" for m, f1, speed, source in PUBLISHED]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--model", type=Path, required=True, help="checkpoint directory with a pareto.json")
-    parser.add_argument("--data", type=Path, default=SQUAD_DEV)
+    add_data_arg(parser, "dev-v1.1.json.gz")
     parser.add_argument("--limit", type=int, help="only the first N questions")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder Linear layers (CPU)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_run_args(parser, output_required=False)
+    args = parse_args(parser)
+    keep_freed_memory()  # one long batch job, as `dtb eval` runs it
     result = measure(args.model, args.data, args.limit, args.batch_size, args.precision)
-    table = markdown(result)
-    print(table)
-    if args.output is not None:
-        write_report(args.output, table, result)
+    show_result(args.output, markdown(result), result, args.model)
 
 
 if __name__ == "__main__":
