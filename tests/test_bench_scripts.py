@@ -1,0 +1,58 @@
+"""The scripts in bench/ and experiments/ record how each result was made: every OUTPUT.json carries its
+provenance (date, git commit, model sha256, CPU model and flags, torch version) and every OUTPUT.md says it
+beneath its title. The model is the tiny random checkpoint; its answers are meaningless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from synthetic import synthetic_dataset, write_squad_file
+
+from dynamic_tinybert.benchmark.provenance import provenance_line
+from dynamic_tinybert.benchmark.results import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def check_provenance(found: dict, model_dir: Path | None) -> None:
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", found["git_commit"])  # the tests run in a git checkout
+    expected = None if model_dir is None else hashlib.sha256((model_dir / "model.safetensors").read_bytes())
+    assert found["model_sha256"] == (None if expected is None else expected.hexdigest())
+    assert found["machine"]["cpu"] and isinstance(found["machine"]["cpu_flags"], list)
+    assert found["versions"]["torch"] == torch.__version__
+    assert found["date"]
+
+
+@pytest.mark.parametrize(
+    "script, args, title",
+    [
+        ("bench/squad_dev.py", ["--limit", "4"], True),  # maintained; its table has a title
+        ("experiments/answer_survival.py", ["--config", "0.5,0.3,0.1"], False),  # research; a bare table
+    ],
+)
+def test_a_script_records_its_provenance_in_the_json_and_the_markdown(tiny_checkpoint, tmp_path, script, args, title):
+    data = write_squad_file(synthetic_dataset(4, seed=2), tmp_path / "dev.json")
+    output = tmp_path / "result"
+    command = [sys.executable, script, "--model", str(tiny_checkpoint), "--data", str(data), "--threads", "1"]
+    run = subprocess.run([*command, *args, "--output", str(output)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(output.with_suffix(".json").read_text())["provenance"]
+    check_provenance(found, tiny_checkpoint)
+    lines = output.with_suffix(".md").read_text().splitlines()
+    assert lines[2 if title else 0] == provenance_line(found)
+
+
+def test_write_result_puts_the_line_beneath_the_title_and_keeps_the_data(tmp_path):
+    md, js = write_result(tmp_path / "out" / "r", "# Title\n\n| a |\n|---|\n| 1 |\n", {"rows": [1]})
+    data = json.loads(js.read_text())
+    assert data["rows"] == [1]
+    check_provenance(data["provenance"], None)
+    assert md.read_text() == f"# Title\n\n{provenance_line(data['provenance'])}\n\n| a |\n|---|\n| 1 |\n"
