@@ -29,6 +29,7 @@ from dynamic_tinybert.benchmark import (
     summary,
     write_results,
 )
+from dynamic_tinybert.benchmark.provenance import provenance_line
 from dynamic_tinybert.evaluate import evaluate
 from dynamic_tinybert.frontier import Frontier, Point
 
@@ -217,6 +218,7 @@ def test_results_are_written_as_a_markdown_table_json_and_a_plot(model_dir, tmp_
     result = run_benchmark(model_dir, DATA, ["project@4", "project:frontier@4"], threads=1, fresh_process=False)
     md, js, png = write_results(result, tmp_path / "out" / "speed")
     assert json.loads(js.read_text()) == result
+    assert md.read_text().splitlines()[2] == provenance_line(result)  # beneath the title, as bench/ scripts put it
     table = [line for line in md.read_text().splitlines() if line.startswith("| dynamic-tinybert")]
     assert len(table) == 4
     assert png.read_bytes().startswith(b"\x89PNG")

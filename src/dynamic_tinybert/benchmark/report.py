@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 from ..fileio import atomic_write, write_report
-from .provenance import provenance_line
+from .results import with_provenance
 from .systems import KINDS
 
 
 def markdown(result: dict) -> str:
-    """The results as a markdown table, with the headline beneath it."""
+    """The results as a markdown table, with the headline beneath it and the provenance line beneath the title
+    (the result holds `provenance`'s keys at its top level, so the JSON records them once)."""
     data, options = result["data"], result["options"]
     installed = ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v)
     on_gpu = "gpu" in result["machine"]
@@ -25,8 +26,6 @@ def markdown(result: dict) -> str:
         f"({result['machine']['cpu_capability']}); max_answer_len {options['max_answer_len']}, max_seq_len "
         f"{options['max_seq_len']}, doc_stride {options['doc_stride']}. Build time (loading, ONNX session) is not "
         f"counted. {installed}.",
-        "",
-        provenance_line(result),
         "",
         "| system | precision | length config | batch | F1 | EM | questions/s | × transformers "
         f"| p50 ms | p90 ms | peak RSS MiB |{' peak GPU MiB |' if on_gpu else ''} build s |",
@@ -54,7 +53,7 @@ def markdown(result: dict) -> str:
     if s["p50_ms_batch_1"]:
         latencies = ", ".join(f"`{name}` {ms:.1f}" for name, ms in s["p50_ms_batch_1"].items())
         lines += ["", f"Single question (batch 1), p50 ms: {latencies}."]
-    return "\n".join(lines) + "\n"
+    return with_provenance("\n".join(lines) + "\n", result)
 
 
 def plot(result: dict, path: str | os.PathLike) -> None:
