@@ -30,6 +30,7 @@ from dynamic_tinybert.training import (
     train,
 )
 from dynamic_tinybert.training.pruning import (
+    BLOCK_SHARE,
     Pruner,
     PruningSchedule,
     encoder_linears,
@@ -265,12 +266,48 @@ def test_pruning_that_would_end_after_the_run_is_an_error(tmp_path):
 
 def test_sparsity_report_of_a_dense_model():
     report = sparsity_report(small_model())
-    assert report == {"overall": 0.0, "pattern": "dense", "layers": [0.0, 0.0]}
+    assert report == {
+        "overall": 0.0,
+        "pattern": "dense",
+        "block_shares": {"1x4": 0.0, "4x1": 0.0},
+        "layers": [0.0, 0.0],
+    }
 
 
 def test_sparsity_report_of_unstructured_zeros():
     report = sparsity_report(prune_once(small_model(), 0.5, "unstructured"))
     assert report["pattern"] == "unstructured" and report["overall"] == pytest.approx(0.5)
+
+
+def test_a_few_stray_zeros_inside_kept_blocks_leave_a_1x4_model_1x4_and_the_share_says_how_many():
+    """A random initialisation or fp16 rounding makes a few weights of kept blocks exactly zero."""
+    model = prune_once(small_model(), 0.75)
+    with torch.no_grad():
+        for linear in encoder_linears(model).values():
+            kept = (linear.weight != 0).nonzero()[0]
+            linear.weight[kept[0], kept[1]] = 0.0  # one stray zero in each matrix
+    report = sparsity_report(model)
+    assert report["pattern"] == "1x4"
+    assert BLOCK_SHARE <= report["block_shares"]["1x4"] < 1.0
+    assert report["block_shares"]["4x1"] < 0.5
+
+
+def test_zeros_mostly_outside_whole_blocks_are_unstructured_and_the_share_is_reported():
+    report = sparsity_report(prune_once(small_model(), 0.75, "unstructured"))
+    assert report["pattern"] == "unstructured"
+    assert 0.0 < report["block_shares"]["1x4"] < BLOCK_SHARE
+
+
+def test_dtb_info_names_the_pattern_and_the_share_of_zeros_in_whole_blocks(dtb, tmp_path):
+    model = prune_once(small_model(), 0.75)
+    with torch.no_grad():
+        linear = next(iter(encoder_linears(model).values()))
+        kept = (linear.weight != 0).nonzero()[0]
+        linear.weight[kept[0], kept[1]] = 0.0
+    directory = checkpoint.save_checkpoint(model, TOKENIZER, tmp_path / "sparse", torch.float16)
+    code, out, err = dtb("info", "--model", directory)
+    assert code == 0, err
+    assert "zeros in 1x4 blocks" in out and "in whole 1x4 blocks" in out and "unstructured" not in out
 
 
 def test_sparsity_report_tells_4x1_blocks_along_input_columns_from_1x4():

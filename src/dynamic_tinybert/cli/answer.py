@@ -14,7 +14,7 @@ from ..cost import macs
 from ..frontier import load_frontier
 from ..runtime import keep_freed_memory, peak_rss_mib
 from ..squad import load_predictions, load_squad, score_predictions, write_predictions
-from ..training.pruning import sparsity_report
+from ..training.pruning import BLOCK_SHARE, sparsity_report
 from .common import (
     WINDOW_OPTIONS,
     UsageError,
@@ -34,9 +34,9 @@ from .common import (
 # How `dtb info` describes the zeros of the encoder's Linear weights.
 SPARSITY_PATTERNS = {
     "dense": "dense: no zeros",
-    "1x4": "zeros in 1x4 blocks: 4 consecutive output rows of one input column",
-    "4x1": "zeros in 4x1 blocks: 4 consecutive input columns of one output row",
-    "unstructured": "unstructured zeros",
+    "1x4": f"zeros in 1x4 blocks (at least {BLOCK_SHARE:.0%} of them): 4 consecutive output rows of one input column",
+    "4x1": f"zeros in 4x1 blocks (at least {BLOCK_SHARE:.0%} of them): 4 consecutive input columns of one output row",
+    "unstructured": f"unstructured zeros: under {BLOCK_SHARE:.0%} of them fill whole 1x4 or 4x1 blocks",
 }
 
 
@@ -212,6 +212,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     shown = {
         **{k: v for k, v in info.items() if k not in ("macs", "sparsity") and v is not None},
         "sparsity": f"{sparsity['overall']:.4f} ({SPARSITY_PATTERNS[sparsity['pattern']]})",
+        "zeros_in_blocks": ", ".join(
+            f"{share:.2%} in whole {p} blocks" for p, share in sparsity["block_shares"].items()
+        ),
         "layer_sparsity": " ".join(f"{s:.4f}" for s in sparsity["layers"]),
     }
     print_table(shown)
