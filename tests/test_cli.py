@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import synthetic_dataset, write_squad_file
 
 from dynamic_tinybert import CheckpointError, LengthConfig, QuestionAnswerer, checkpoint, cli, cost
 from dynamic_tinybert.squad import load_squad, score_predictions
@@ -293,6 +294,43 @@ def test_score_of_a_v2_file_reports_answerable_and_unanswerable_scores(dtb, tmp_
     metrics = result.json
     assert {"HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1", "NoAns_total"} <= set(metrics)
     assert metrics["exact"] == metrics["f1"] == metrics["HasAns_exact"] == metrics["NoAns_exact"] == 100.0
+
+
+def partly_predicted(tmp_path: Path, predicted: int) -> tuple[Path, Path]:
+    """A 10-question file and gold predictions for its first `predicted` questions."""
+    dataset = synthetic_dataset(10, seed=5)
+    gold = {q.id: q.answers[0] for q in dataset.questions[:predicted]}
+    (tmp_path / "some.json").write_text(json.dumps(gold))
+    return write_squad_file(dataset, tmp_path / "data.json"), tmp_path / "some.json"
+
+
+def test_score_of_part_of_a_file_counts_the_rest_as_zero_and_says_so(dtb, tmp_path: Path):
+    data, predictions = partly_predicted(tmp_path, 3)
+    result = dtb("score", "--data", data, "--predictions", predictions, "--json")
+    assert result.code == 0
+    assert result.json["f1"] == pytest.approx(30.0) and len(result.json["missing"]) == 7
+    assert "7 of 10 questions have no prediction" in result.err and "--predicted-only" in result.err
+
+
+@pytest.mark.parametrize("option", [("--predicted-only",), ("--limit", "3")])
+def test_score_of_only_the_predicted_or_the_first_n_questions(dtb, tmp_path: Path, option: tuple):
+    data, predictions = partly_predicted(tmp_path, 3)
+    result = dtb("score", "--data", data, "--predictions", predictions, "--json", *option)
+    assert result.code == 0 and result.err == ""
+    assert (result.json["f1"], result.json["total"], result.json["missing"]) == (100.0, 3, [])
+
+
+def test_score_predicted_only_with_no_prediction_for_the_file_is_a_usage_error(dtb, tmp_path: Path):
+    data, predictions = partly_predicted(tmp_path, 0)
+    assert_usage_error(dtb("score", "--data", data, "--predictions", predictions, "--predicted-only"), "none")
+
+
+@pytest.mark.parametrize("na_probs", [[0.5], {"q": "high"}, {"q": True}], ids=["list", "string", "bool"])
+def test_score_with_malformed_na_probs_is_a_one_line_error(dtb, tmp_path: Path, na_probs):
+    data, predictions = partly_predicted(tmp_path, 3)
+    (tmp_path / "na.json").write_text(json.dumps(na_probs))
+    result = dtb("score", "--data", data, "--predictions", predictions, "--na-probs", tmp_path / "na.json")
+    assert_usage_error(result, "na.json", "not a no-answer probabilities file")
 
 
 # --- dtb info --------------------------------------------------------------------------------------------------

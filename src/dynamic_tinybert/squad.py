@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import math
 import os
 import re
 import string
@@ -443,3 +444,18 @@ def load_predictions(path: str | os.PathLike) -> dict[str, str]:
         if not isinstance(text, str):
             raise bad(f"answer for {qid!r} is {type(text).__name__}, not a string")
     return doc
+
+
+def load_na_probs(path: str | os.PathLike) -> dict[str, float]:
+    """Read SQuAD 2.0 no-answer probabilities (``{question id: probability}``), checking their shape."""
+
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"{os.fspath(path)}: not a no-answer probabilities file: {reason}")
+
+    doc = _read_json_bytes(path, bad)
+    if not isinstance(doc, dict):
+        raise bad(f"expected a JSON object of question id -> probability, got {type(doc).__name__}")
+    for qid, prob in doc.items():
+        if isinstance(prob, bool) or not isinstance(prob, int | float) or not math.isfinite(prob):
+            raise bad(f"probability for {qid!r} is {prob!r}, not a number")
+    return {qid: float(prob) for qid, prob in doc.items()}

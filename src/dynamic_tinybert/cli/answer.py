@@ -13,7 +13,7 @@ from .. import checkpoint
 from ..cost import macs
 from ..frontier import load_frontier
 from ..runtime import keep_freed_memory, peak_rss_mib
-from ..squad import load_predictions, load_squad, score_predictions, write_predictions
+from ..squad import load_na_probs, load_predictions, load_squad, score_predictions, write_predictions
 from ..training.pruning import BLOCK_SHARE, sparsity_report
 from .common import (
     WINDOW_OPTIONS,
@@ -70,6 +70,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--predictions", type=Path, required=True)
     score.add_argument("--na-probs", type=Path, help="SQuAD 2.0 no-answer probabilities (JSON id -> prob)")
     score.add_argument("--na-prob-threshold", type=float, default=1.0)
+    score.add_argument("--limit", type=int, help="only the first N questions of the file, as `dtb eval --limit N`")
+    score.add_argument(
+        "--predicted-only",
+        action="store_true",
+        help="score only the questions the file has a prediction for (the official rule counts the rest as 0)",
+    )
     score.add_argument("--json", action="store_true")
     score.set_defaults(run=cmd_score)
 
@@ -161,10 +167,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    dataset = load_squad(args.data)
+    dataset = load_squad(args.data, limit=args.limit)
     predictions = load_predictions(args.predictions)
-    na_probs = json.loads(args.na_probs.read_text()) if args.na_probs else None
+    if args.predicted_only:
+        dataset = dataset.select(q.id for q in dataset.questions if q.id in predictions)
+        if not dataset.questions:
+            raise UsageError(f"dtb score: --predicted-only: {args.predictions} predicts none of the questions")
+    na_probs = load_na_probs(args.na_probs) if args.na_probs else None
     metrics = score_predictions(dataset, predictions, na_probs=na_probs, na_prob_threshold=args.na_prob_threshold)
+    if metrics["missing"]:
+        missing, total = len(metrics["missing"]), len(dataset.questions)
+        print(
+            f"note: {missing:,} of {total:,} questions have no prediction and score 0, as the official script "
+            f"counts them; --predicted-only scores the {total - missing:,} predicted ones, --limit N the first N",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
