@@ -465,6 +465,49 @@ def test_config_json_that_is_not_an_object_is_an_error_naming_it(tiny_checkpoint
     assert str(tiny_checkpoint / "config.json") in checkpoint_error(QuestionAnswerer.from_pretrained, tiny_checkpoint)
 
 
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"num_attention_heads": 0}, "num_attention_heads"),
+        ({"vocab_size": -5}, "vocab_size"),
+        ({"layer_norm_eps": "1e-12"}, "layer_norm_eps"),
+        ({"hidden_dropout_prob": "0.1"}, "hidden_dropout_prob"),
+        ({"num_hidden_layers": 10**8}, "parameters"),
+        ({"hidden_act": ["gelu"]}, "hidden_act"),
+        ({"pad_token_id": 10**6}, "pad_token_id"),
+    ],
+    ids=["no-heads", "negative-vocab", "string-eps", "string-dropout", "huge", "list-activation", "pad-outside-vocab"],
+)
+def test_config_json_with_bad_fields_is_refused_before_building_naming_the_field(
+    tiny_checkpoint: Path, change: dict, field: str
+):
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    (tiny_checkpoint / "config.json").write_text(json.dumps({**config, **change}))
+    message = checkpoint_error(QuestionAnswerer.from_pretrained, tiny_checkpoint)
+    assert str(tiny_checkpoint / "config.json") in message and field in message
+
+
+@pytest.mark.parametrize("shard", ["/etc/passwd", "../outside.safetensors", "sub/model.safetensors", ".."])
+def test_a_weight_index_naming_a_file_outside_the_checkpoint_is_refused_before_opening_it(
+    tiny_checkpoint: Path, monkeypatch, shard: str
+):
+    (tiny_checkpoint / "model.safetensors").rename(tiny_checkpoint / "model-00001-of-00001.safetensors")
+    weight_map = {"qa_outputs.weight": shard, "qa_outputs.bias": "model-00001-of-00001.safetensors"}
+    (tiny_checkpoint / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    opened = []
+    monkeypatch.setattr(checkpoint, "load_file", lambda path, *a, **kw: opened.append(path))
+    message = checkpoint_error(checkpoint.load_state_dict, tiny_checkpoint)
+    assert repr(shard) in message and "inside the checkpoint" in message
+    assert opened == []
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.float32, "float32"), (torch.float16, "float16")])
+def test_config_json_says_what_dtype_the_weights_are_stored_in(tmp_path: Path, dtype, name: str):
+    directory = checkpoint.save_checkpoint(tiny_model(), make_tiny_tokenizer(), tmp_path / name, dtype)
+    assert json.loads((directory / "config.json").read_text())["torch_dtype"] == name
+    assert next(checkpoint.load_model(directory).parameters()).dtype == torch.float32  # always computed in fp32
+
+
 def test_config_json_with_impossible_shape_is_an_error_naming_it(tiny_checkpoint: Path):
     config = json.loads((tiny_checkpoint / "config.json").read_text())
     (tiny_checkpoint / "config.json").write_text(json.dumps({**config, "hidden_size": 30}))

@@ -33,6 +33,7 @@ def test_the_shipped_model_is_small_fp16_safetensors_with_its_frontier_and_card(
     assert weights and sum(w.stat().st_size for w in weights) <= 50 * 2**20
     with safe_open(str(weights[0]), "pt") as shard:
         assert {shard.get_tensor(name).dtype for name in shard.keys()} == {torch.float16}
+    assert json.loads((SHIPPED / "config.json").read_text())["torch_dtype"] == "float16"  # what transformers sees
     assert len(load_frontier(SHIPPED).points) >= 3
     card = (SHIPPED / "README.md").read_text()
     for section in ("license", "Recipe", "Results", "Reproduce", "dtb train finetune"):

@@ -123,6 +123,9 @@ def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
                 shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
                 raise CheckpointError(f"{index}: not a valid weight index ({e})") from None
+            for shard in shards:  # refused by name before any file is opened
+                if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+                    raise CheckpointError(f"{index}: weight shard {shard!r} is not a file name inside the checkpoint")
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
                 state.update(reader(directory / shard))
@@ -327,7 +330,10 @@ def save_checkpoint(
     weights, other = (SPARSE_SAFETENSORS, SAFETENSORS) if sparse else (SAFETENSORS, SPARSE_SAFETENSORS)
     atomic_write(directory / weights, lambda p: save_file(tensors, p, metadata=metadata))
     (directory / other).unlink(missing_ok=True)  # one set of weights per folder
-    atomic_write_text(directory / CONFIG, json.dumps(model.config.to_dict(), indent=2))
+    # torch_dtype says what the weights are stored as; transformers' pipeline computes in it unless told
+    # otherwise (this package always loads them as fp32)
+    config = {**model.config.to_dict(), "torch_dtype": str(dtype).removeprefix("torch.")}
+    atomic_write_text(directory / CONFIG, json.dumps(config, indent=2))
     atomic_write(directory / TOKENIZER, lambda p: tokenizer.save(p))
     atomic_write_text(directory / VOCAB, "".join(f"{token}\n" for token in vocab_lines(tokenizer)))
     lowercase = bool(getattr(tokenizer.normalizer, "lowercase", True))

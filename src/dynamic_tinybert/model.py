@@ -32,6 +32,20 @@ ACTIVATIONS = {
 TOKEN_SELECTIONS = ("attention", "learned")
 
 
+# The fields of a config that are sizes (integers >= 1), and the rates that are fractions.
+SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+RATES = (("hidden_dropout_prob", 0.0, 1.0), ("attention_probs_dropout_prob", 0.0, 1.0), ("initializer_range", 0.0, 1.0))
+MAX_PARAMETERS = 2_000_000_000  # a config over this is a typo, not a BERT: refused before any allocation
+
+
 @dataclass
 class BertConfig:
     """The shape of a BERT encoder; the field names are those of a Hugging Face `config.json`."""
@@ -45,21 +59,47 @@ class BertConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
     token_selection: str = "attention"  # how a dropping layer ranks tokens: see BertLayer
 
     def __post_init__(self) -> None:
+        for name in SIZES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        pad = self.pad_token_id
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size):
+            raise ValueError(f"pad_token_id must be a token id below vocab_size {self.vocab_size}, got {pad!r}")
+        for name, low, high in RATES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}), got {value!r}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
+            raise ValueError(f"layer_norm_eps must be a small positive number, got {eps!r}")
+        if self.parameters() > MAX_PARAMETERS:
+            raise ValueError(
+                f"these sizes make a model of {self.parameters():,} parameters, over the {MAX_PARAMETERS:,} "
+                "this package builds (BERT-large has 335 million): check num_hidden_layers and the widths"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
             )
-        if self.hidden_act not in ACTIVATIONS:
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
-        if self.token_selection not in TOKEN_SELECTIONS:
+        if not isinstance(self.token_selection, str) or self.token_selection not in TOKEN_SELECTIONS:
             raise ValueError(f"token_selection {self.token_selection!r} is not one of {TOKEN_SELECTIONS}")
+
+    def parameters(self) -> int:
+        """How many weights a model of this shape holds (embeddings, encoder, span head), before building it."""
+        h, i = self.hidden_size, self.intermediate_size
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size + 2) * h
+        layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
+        return embeddings + self.num_hidden_layers * layer + 2 * h + 2
 
     @classmethod
     def from_dict(cls, data: dict) -> BertConfig:
