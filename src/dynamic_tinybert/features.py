@@ -55,6 +55,9 @@ def make_windows(
     """
     if doc_stride >= max_seq_len:
         raise ValueError(f"doc_stride ({doc_stride}) must be smaller than max_seq_len ({max_seq_len})")
+    for name, texts in (("question", questions), ("context", contexts)):
+        for i, text in enumerate(texts):
+            check_unicode(text, f"{name} {i}")
     if max_question_len is not None:
         questions = [_cut_question(tokenizer, q, max_question_len) for q in questions]
     tokenizer.no_padding()
@@ -77,6 +80,18 @@ def make_windows(
         for example, encoding in enumerate(encodings)
         for window in [encoding, *encoding.overflowing]
     ]
+
+
+def check_unicode(text: str, name: str) -> None:
+    """Refuse text the tokenizer cannot take: a lone surrogate (from a JSON escape such as "\\ud800", or a
+    byte that was not UTF-8 in a command-line argument) has no UTF-8 encoding."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{name} is not valid Unicode text: character {e.start} is a lone surrogate ({text[e.start]!r}), "
+            "as left by an invalid UTF-8 byte or a broken JSON escape"
+        ) from None
 
 
 def _cut_question(tokenizer: Tokenizer, question: str, max_question_len: int) -> str:

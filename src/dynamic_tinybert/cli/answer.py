@@ -26,6 +26,7 @@ from .common import (
     int_list_arg,
     length_config_arg,
     load_answerer,
+    positive_int,
     print_frontier,
     print_table,
     required_model,
@@ -60,7 +61,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_device_arg(ev)
     add_precision_arg(ev)
     add_answer_options(ev, ("length_config", "budget", "latency_ms", *WINDOW_OPTIONS), max_answer_len=30)
-    ev.add_argument("--limit", type=int, help="only the first N questions")
+    ev.add_argument("--limit", type=positive_int, help="only the first N questions")
     ev.add_argument("--predictions", type=Path, default=Path("predictions.json"), help="where to write answers")
     ev.add_argument("--json", action="store_true", help="print the results as JSON")
     ev.set_defaults(run=cmd_eval)
@@ -70,7 +71,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--predictions", type=Path, required=True)
     score.add_argument("--na-probs", type=Path, help="SQuAD 2.0 no-answer probabilities (JSON id -> prob)")
     score.add_argument("--na-prob-threshold", type=float, default=1.0)
-    score.add_argument("--limit", type=int, help="only the first N questions of the file, as `dtb eval --limit N`")
+    score.add_argument(
+        "--limit", type=positive_int, help="only the first N questions of the file, as `dtb eval --limit N`"
+    )
     score.add_argument(
         "--predicted-only",
         action="store_true",
@@ -114,18 +117,26 @@ def read_ask_inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if args.context is not None:
         context = args.context
     elif args.context_file is not None:
-        context = args.context_file.read_text()
+        context = read_utf8(args.context_file.read_bytes(), str(args.context_file))
     elif not sys.stdin.isatty():
-        context = sys.stdin.read()
+        raw = getattr(sys.stdin, "buffer", None)  # a text stream without bytes underneath is read as it is
+        context = sys.stdin.read() if raw is None else read_utf8(raw.read(), "standard input")
     else:
         raise UsageError("dtb ask: give the context with --context, --context-file or on stdin")
     return [args.question], [context]
 
 
+def read_utf8(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"dtb ask: {source}: not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
+
+
 def read_jsonl_pairs(path: Path) -> tuple[list[str], list[str]]:
     """Questions and contexts from JSON lines {"question": ..., "context": ...}; errors name the line."""
     questions, contexts = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path.read_bytes(), str(path)).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import benchmark, checkpoint
 from ..squad import load_squad
-from .common import UsageError, add_device_arg, add_model_args, required_model
+from .common import UsageError, add_device_arg, add_model_args, positive_int, required_model
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -18,14 +18,16 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     add_model_args(bench)
     bench.add_argument("--data", type=Path, required=True, help="SQuAD file; every system answers the same questions")
-    bench.add_argument("--limit", type=int, default=500, help="only the first N questions (default 500)")
+    bench.add_argument("--limit", type=positive_int, default=500, help="only the first N questions (default 500)")
     bench.add_argument(
         "--systems",
         type=lambda text: [name for name in text.split(",") if name.strip()],
         help="comma-separated KIND[:OPTION...][@BATCH], e.g. project:frontier@32,project:int8@1,transformers@32 "
         "(default: full length, every frontier point, bf16, int8, the pipeline and ONNX Runtime at batch 1 and 32)",
     )
-    bench.add_argument("--max-answer-len", type=int, default=30, help="longest answer in tokens, for every system")
+    bench.add_argument(
+        "--max-answer-len", type=positive_int, default=30, help="longest answer in tokens, for every system"
+    )
     add_device_arg(
         bench, help="cpu, or cuda: the project and the pipeline on the GPU (default systems there: bf16, batch 1, 256)"
     )

@@ -34,6 +34,16 @@ def length_config_arg(text: str) -> LengthConfig:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
+    return value
+
+
 def int_list_arg(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -83,7 +93,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help=f"checkpoint directory or Hugging Face Hub id (default: ${MODEL_ENV}, else the shipped model)",
     )
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
 
 
 def add_device_arg(parser: argparse.ArgumentParser, help: str = "cpu, or cuda (cuda:N): where the model runs") -> None:
@@ -158,6 +168,11 @@ def output_folder(args: argparse.Namespace, directory: Path) -> Path:
     """Where a search writes: --output, else the model's folder when it is a local one."""
     if args.output is not None:
         return args.output
+    if args.model is None:
+        raise UsageError(
+            f"dtb {args.command}: give --output (or --model with a folder of your own): "
+            "the shipped model's folder is part of the installed package"
+        )
     if Path(args.model).expanduser().is_dir():
         return directory
     raise UsageError(f"dtb {args.command}: {args.model} is a hub id; give --output to say where to write results")

@@ -28,6 +28,7 @@ from .common import (
     duration_arg,
     float_list_arg,
     output_folder,
+    positive_int,
     print_frontier,
     print_points,
     window_options,
@@ -49,12 +50,16 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
             "--holdout-articles", type=int, default=2, help="with --data: the held-out articles (as `dtb train`)"
         )
         parser.add_argument("--answerable-only", action="store_true", help="drop unanswerable (SQuAD 2.0) questions")
-        parser.add_argument("--limit", type=int, help="only the first N search questions")
+        parser.add_argument("--limit", type=positive_int, help="only the first N search questions")
         parser.add_argument("--eval-data", type=Path, help="also score the result on this file (e.g. dev-v1.1)")
-        parser.add_argument("--eval-limit", type=int, help="only the first N questions of --eval-data")
+        parser.add_argument("--eval-limit", type=positive_int, help="only the first N questions of --eval-data")
         add_answer_options(parser, WINDOW_OPTIONS, max_answer_len=30)
-        parser.add_argument("--latency-batch-size", type=int, default=1, help="batch size latency is measured at")
-        parser.add_argument("--latency-questions", type=int, default=32, help="questions latency is measured on")
+        parser.add_argument(
+            "--latency-batch-size", type=positive_int, default=1, help="batch size latency is measured at"
+        )
+        parser.add_argument(
+            "--latency-questions", type=positive_int, default=32, help="questions latency is measured on"
+        )
         add_precision_arg(parser)
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
     search.set_defaults(run=cmd_search)
@@ -66,12 +71,16 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--min-ratio", type=float, default=0.1, help="smallest keep ratio of a layer")
     search.add_argument("--ratio-step", type=float, default=0.05, help="grid step of the keep ratios")
     search.add_argument("--protect-question", action="store_true", help="drop question tokens last")
-    search.add_argument("--population", type=int, default=20, help="initial random configs; optuna nsga2 population")
-    search.add_argument("--iterations", type=int, default=30, help="evolution: generations")
+    search.add_argument(
+        "--population", type=positive_int, default=20, help="initial random configs; optuna nsga2 population"
+    )
+    search.add_argument("--iterations", type=positive_int, default=30, help="evolution: generations")
     search.add_argument("--mutations", type=int, default=30, help="evolution: mutated children per generation")
     search.add_argument("--crossovers", type=int, default=30, help="evolution: crossed children per generation")
     search.add_argument("--mutation-prob", type=float, default=0.5, help="evolution: chance each layer is redrawn")
-    search.add_argument("--trials", type=int, default=150, help="optuna: trials in all, counting a resumed run's")
+    search.add_argument(
+        "--trials", type=positive_int, default=150, help="optuna: trials in all, counting a resumed run's"
+    )
     search.add_argument("--sampler", choices=SAMPLERS, default="nsga2", help="optuna's sampler")
     search.add_argument(
         "--output", type=Path, help="folder for pareto.json, the log and the optuna study (default: the model's)"
@@ -108,10 +117,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_device_arg(calibrate)
     calibrate.add_argument("--data", type=Path, required=True, help="SQuAD file whose questions are timed")
     calibrate.add_argument(
-        "--limit", type=int, default=32, help="questions to time, spread evenly over the file (default 32)"
+        "--limit", type=positive_int, default=32, help="questions to time, spread evenly over the file (default 32)"
     )
-    calibrate.add_argument("--batch-size", type=int, default=1, help="batch size the latencies hold for")
-    calibrate.add_argument("--repeats", type=int, default=3, help="timed runs per point; the median counts")
+    calibrate.add_argument("--batch-size", type=positive_int, default=1, help="batch size the latencies hold for")
+    calibrate.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point; the median counts")
     add_precision_arg(calibrate)
     calibrate.add_argument("--output", type=Path, help="folder for the updated pareto.json (default: the model's)")
 

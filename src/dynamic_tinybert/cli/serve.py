@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 from .common import (
     UsageError,
@@ -23,7 +24,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_precision_arg(serve)
     add_answer_options(serve)  # the defaults every request gets unless it sets its own
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_arg, default=8000, help="TCP port, 1-65535 (default 8000)")
     serve.set_defaults(run=cmd_serve)
 
 
@@ -36,6 +37,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         extra = "pip install 'dynamic-tinybert[serve]'"
         raise UsageError(f"dtb serve needs the serve extra ({e.name} is missing): {extra}") from None
 
-    qa = load_answerer(args, **answer_options(args))  # checked here: a bad default fails before listening
-    uvicorn.run(create_app(qa, name=required_model(args)), host=args.host, port=args.port)
+    listening = listening_socket(args.host, args.port)  # a port in use or an unknown host fails before loading
+    qa = load_answerer(args, **answer_options(args))  # checked here: a bad default fails before serving
+    config = uvicorn.Config(create_app(qa, name=required_model(args)), host=args.host, port=args.port)
+    uvicorn.Server(config).run(sockets=[listening])
     return 0
+
+
+def port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a TCP port is between 1 and 65535")
+    return port
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), handed to uvicorn, so that what cannot listen is said in one line."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UsageError(f"dtb serve: --host {host!r}: not an address to listen on ({e})") from None
+    listening = socket.socket(family, kind, proto)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind(address)
+    except OSError as e:
+        listening.close()
+        raise UsageError(f"dtb serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return listening

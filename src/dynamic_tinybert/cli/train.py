@@ -11,7 +11,7 @@ from ..features import window_defaults
 from ..training import recipes
 from ..training.pruning import PATTERNS as PRUNING_PATTERNS
 from ..training.pruning import PruningSchedule
-from .common import Parser, UsageError, int_list_arg
+from .common import Parser, UsageError, int_list_arg, positive_int
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -38,32 +38,32 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--data", type=Path, required=True, help="SQuAD v1.1 or v2.0 training file")
         parser.add_argument("--output", type=Path, required=True, help="run folder: checkpoints, metrics, model/")
         parser.add_argument("--answerable-only", action="store_true", help="drop unanswerable (SQuAD 2.0) questions")
-        parser.add_argument("--limit", type=int, help="only the first N questions")
+        parser.add_argument("--limit", type=positive_int, help="only the first N questions")
         held_out = parser.add_mutually_exclusive_group()
         held_out.add_argument("--eval-data", type=Path, help="held-out SQuAD file evaluated each epoch")
         held_out.add_argument(
             "--holdout-articles", type=int, default=2, help="hold out the last N articles (default 2)"
         )
-        parser.add_argument("--epochs", type=int, help="default: the stage's published recipe")
+        parser.add_argument("--epochs", type=positive_int, help="default: the stage's published recipe")
         parser.add_argument(
-            "--max-steps", type=int, help="stop after this many optimiser steps (the schedule ends there)"
+            "--max-steps", type=positive_int, help="stop after this many optimiser steps (the schedule ends there)"
         )
-        parser.add_argument("--batch-size", type=int, help="windows per forward pass and process")
+        parser.add_argument("--batch-size", type=positive_int, help="windows per forward pass and process")
         parser.add_argument("--lr", type=float, help="peak learning rate (default: the stage's recipe)")
         parser.add_argument("--warmup-ratio", type=float, default=0.1)
         parser.add_argument("--weight-decay", type=float, default=0.01)
-        parser.add_argument("--grad-accum", type=int, default=1)
+        parser.add_argument("--grad-accum", type=positive_int, default=1)
         parser.add_argument("--grad-clip", type=float, default=1.0)
         parser.add_argument("--seed", type=int, default=42)
-        parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
-        parser.add_argument("--log-every", type=int, default=20)
+        parser.add_argument("--save-every", type=positive_int, default=500, help="steps between checkpoints")
+        parser.add_argument("--log-every", type=positive_int, default=20)
         parser.add_argument("--max-seq-len", type=int, help="tokens per window (default: min(model positions, 384))")
         parser.add_argument("--doc-stride", type=int, help="window overlap (default: min(max_seq_len // 2, 128))")
         parser.add_argument(
             "--cache-dir", type=Path, help="tokenised features cache (default: ~/.cache/dynamic-tinybert)"
         )
         parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-        parser.add_argument("--threads", type=int, help="CPU threads for torch")
+        parser.add_argument("--threads", type=positive_int, help="CPU threads for torch")
         parser.add_argument(
             "--precision",
             choices=["auto", "bf16", "fp32"],
@@ -175,6 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     positions = begin.model.config.max_position_embeddings
     max_seq_len, doc_stride = window_defaults(positions, args.max_seq_len, args.doc_stride)
+    if max_seq_len > positions:
+        raise UsageError(f"dtb train: --max-seq-len {max_seq_len} exceeds the model's {positions} positions")
     features, held_out = training.data.training_data(
         begin.tokenizer,
         args.data,

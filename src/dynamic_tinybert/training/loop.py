@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -325,8 +326,10 @@ def load_latest(
     schedule: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
 ) -> Position:
-    """Restore the state `latest` points at; a run with no checkpoint yet starts from the beginning."""
+    """Restore the state `latest` points at; a run with no checkpoint yet starts from the beginning, and says so
+    (a job that always resumes, after preemption, needs no first run without it)."""
     if not (directory / "latest").is_file():
+        warnings.warn(f"resume: no checkpoint in {directory} yet; training starts from the beginning", stacklevel=2)
         return Position()
     folder = directory / (directory / "latest").read_text().strip()
     model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)))
