@@ -1,7 +1,9 @@
-"""Shared test fixtures: tiny random BERTs with a tiny vocabulary, and the real MiniLM-L6-H384 weights."""
+"""Shared test fixtures: SQuAD data (a committed sample, the full files where present), tiny random BERTs with a
+tiny vocabulary, and the real MiniLM-L6-H384 weights."""
 
 from __future__ import annotations
 
+import os
 import string
 import warnings
 from pathlib import Path
@@ -14,7 +16,41 @@ from tokenizers.implementations import BertWordPieceTokenizer
 from dynamic_tinybert import checkpoint
 from dynamic_tinybert.model import BertConfig, BertForQuestionAnswering
 
-SQUAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+TESTS = Path(__file__).resolve().parent
+
+# A slice of each SQuAD dev set, committed (tests/data/README.md): the first questions of the full files.
+SAMPLE_V11 = TESTS / "data" / "dev-v1.1-sample.json.gz"
+SAMPLE_V20 = TESTS / "data" / "dev-v2.0-sample.json.gz"
+
+# The full SQuAD files: in $DTB_SQUAD_DIR, else in ../shared/data/squad beside the repository.
+SQUAD_ENV = "DTB_SQUAD_DIR"
+SHARED_SQUAD_DIR = TESTS.parents[1] / "shared" / "data" / "squad"
+
+
+def full_squad(name: str) -> Path | None:
+    """The full SQuAD file `name` (e.g. "dev-v1.1.json.gz"), or None where neither place has it."""
+    places = [Path(os.environ[SQUAD_ENV])] if os.environ.get(SQUAD_ENV) else []
+    return next((place / name for place in [*places, SHARED_SQUAD_DIR] if (place / name).is_file()), None)
+
+
+def needs_full_squad(*names: str) -> pytest.MarkDecorator:
+    """Skip unless every named full SQuAD file is found, with a reason that says where it was looked for."""
+    missing = [name for name in names if full_squad(name) is None]
+    env = os.environ.get(SQUAD_ENV)
+    reason = (
+        f"full SQuAD {', '.join(missing)} not found: set ${SQUAD_ENV} (now {env or 'unset'}) to a folder "
+        f"holding it, or put it in ../shared/data/squad beside the repository ({SHARED_SQUAD_DIR})"
+    )
+    return pytest.mark.skipif(bool(missing), reason=reason)
+
+
+def sample_and_full(sample: Path, name: str) -> list:
+    """Parameters for a test that runs on `sample` and, where it is found, on the full file `name` too."""
+    return [
+        pytest.param(sample, id="sample"),
+        pytest.param(full_squad(name), id="full", marks=needs_full_squad(name)),
+    ]
+
 
 TINY_WORDS = (
     "the a an of in on at to is was who what where when which how many did does city river king queen born "

@@ -9,7 +9,7 @@ import pytest
 from dynamic_tinybert import LengthConfig, LengthConfigError, QuestionAnswerer
 from dynamic_tinybert.squad import load_squad
 
-from conftest import SQUAD_DIR
+from conftest import SAMPLE_V11
 
 transformers = pytest.importorskip("transformers")
 
@@ -30,7 +30,8 @@ def hf_pipeline(minilm_qa_dir):
 
 @pytest.fixture(scope="module")
 def dev_questions():
-    dataset = load_squad(SQUAD_DIR / "dev-v1.1.json.gz", limit=300)
+    """The first 300 questions of dev-v1.1 (all in the committed sample) and their contexts."""
+    dataset = load_squad(SAMPLE_V11, limit=300)
     return [q.question for q in dataset.questions], [q.context for q in dataset.questions]
 
 
