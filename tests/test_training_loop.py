@@ -818,6 +818,7 @@ def json_objects(text: str) -> list[dict]:
     return found
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_with_gloo(run_files, tmp_path):
     _, model_dir, _, data, _ = run_files
     out = tmp_path / "ddp"
@@ -840,6 +841,7 @@ def test_torchrun_two_processes_train_with_gloo(run_files, tmp_path):
     assert 1 <= len(printed) <= 2 and all(p["model"] == str(out / "model") for p in printed)
 
 
+@pytest.mark.slow
 def test_the_length_drop_bench_trains_each_variant_from_one_start_and_scores_every_config(tiny_checkpoint, tmp_path):
     train = write_squad_file(synthetic_dataset(40, seed=1), tmp_path / "train.json")
     dev = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")
