@@ -25,7 +25,7 @@ from dynamic_tinybert.search import EvolutionSettings, SearchSettings, SearchSpa
 from dynamic_tinybert.search.runner import LOG_FILE
 from dynamic_tinybert.training import LengthDrop, SpanLoss, TrainSettings, WindowSettings, label_windows, train
 
-from conftest import learner_model, make_tiny_tokenizer
+from conftest import cached_checkpoint, learner_model, make_tiny_tokenizer, one_torch_thread
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +41,26 @@ OPTUNA = SearchSettings(method="optuna", trials=60, evolution=EvolutionSettings(
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A 3-layer BERT trained on 6,000 synthetic questions (10 epochs), then 2 epochs of LengthDrop."""
-    torch.manual_seed(0)
-    tokenizer = make_tiny_tokenizer()
-    model = learner_model(seed=0, num_hidden_layers=3)
-    features = label_windows(tokenizer, synthetic_dataset(6000, seed=1, facts=2).questions, WindowSettings(64, 16))
-    runs = tmp_path_factory.mktemp("runs")
-    for name, objective, epochs, lr in [
-        ("span", SpanLoss(), 10, 1e-3),
-        ("length-drop", LengthDrop(SpanLoss(), ratio_bound=0.3), 2, 5e-4),
-    ]:
-        settings = TrainSettings(runs / name, epochs=epochs, batch_size=32, learning_rate=lr, save_every=10**6)
-        train(model, tokenizer, objective, features, settings)
-    return save_checkpoint(model.eval(), tokenizer, tmp_path_factory.mktemp("model"))
+def model_dir(request, tmp_path_factory) -> Path:
+    """A 3-layer BERT trained on 6,000 synthetic questions (10 epochs), then 2 epochs of LengthDrop: trained once
+    per session, or reused from pytest's cache (conftest.cached_checkpoint)."""
+
+    def train_into(folder: Path) -> None:
+        torch.manual_seed(0)
+        tokenizer = make_tiny_tokenizer()
+        model = learner_model(seed=0, num_hidden_layers=3)
+        features = label_windows(tokenizer, synthetic_dataset(6000, seed=1, facts=2).questions, WindowSettings(64, 16))
+        runs = tmp_path_factory.mktemp("runs")
+        for name, objective, epochs, lr in [
+            ("span", SpanLoss(), 10, 1e-3),
+            ("length-drop", LengthDrop(SpanLoss(), ratio_bound=0.3), 2, 5e-4),
+        ]:
+            settings = TrainSettings(runs / name, epochs=epochs, batch_size=32, learning_rate=lr, save_every=10**6)
+            with one_torch_thread():
+                train(model, tokenizer, objective, features, settings)
+        save_checkpoint(model.eval(), tokenizer, folder)
+
+    return cached_checkpoint(request, train_into)
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ from dynamic_tinybert.training import (
 from dynamic_tinybert.training.data import Features, collate, epoch_batches
 from dynamic_tinybert.training.objectives import answer_coverage
 
-from conftest import make_tiny_tokenizer, tiny_model
+from conftest import make_tiny_tokenizer, one_torch_thread, tiny_model
 
 WINDOWS = WindowSettings(max_seq_len=64, doc_stride=16)
 TOKENIZER = make_tiny_tokenizer()
@@ -51,10 +51,8 @@ TOKENIZER = make_tiny_tokenizer()
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def small_model(seed: int = 0, dropout: float = 0.1, **overrides):
