@@ -53,14 +53,9 @@ def v11(v11_file: Path) -> SquadDataset:
 
 
 @pytest.fixture(scope="module", params=sample_and_full(SAMPLE_V20, "dev-v2.0.json.gz"))
-def v20_file(request) -> Path:
+def v20(request) -> SquadDataset:
     """The committed dev-v2.0 sample, then the full file where it is found."""
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def v20(v20_file: Path) -> SquadDataset:
-    return load_squad(v20_file)
+    return load_squad(request.param)
 
 
 def _write_squad(path: Path, paragraphs: list[dict], version: str = "1.1") -> Path:
