@@ -224,6 +224,7 @@ def test_results_are_written_as_a_markdown_table_json_and_a_plot(model_dir, tmp_
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_dtb_bench_runs_each_system_in_its_own_process_and_reports_its_peak_rss(model_dir, tmp_path, capsys):
     data = write_squad_file(DATA, tmp_path / "data.json")
     output = tmp_path / "speed"

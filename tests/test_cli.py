@@ -21,11 +21,15 @@ from synthetic import synthetic_dataset, write_squad_file
 from dynamic_tinybert import CheckpointError, LengthConfig, QuestionAnswerer, checkpoint, cli, cost
 from dynamic_tinybert.squad import load_squad, score_predictions
 
-from conftest import SQUAD_DIR, make_tiny_tokenizer, tiny_model
-
-DEV_V11 = SQUAD_DIR / "dev-v1.1.json.gz"
-DEV_V20 = SQUAD_DIR / "dev-v2.0.json.gz"
-needs_data = pytest.mark.skipif(not DEV_V11.exists(), reason=f"SQuAD data not found under {SQUAD_DIR}")
+from conftest import (
+    SAMPLE_V11,
+    SAMPLE_V20,
+    full_squad,
+    make_tiny_tokenizer,
+    needs_full_squad,
+    sample_and_full,
+    tiny_model,
+)
 
 QUESTION = "who won the super bowl?"
 CONTEXT = "the denver broncos won the super bowl in the year of the game, and the panthers lost it in london."
@@ -209,19 +213,19 @@ def test_dtb_console_script_answers_as_json(model_dir: Path):
 # --- dtb eval --------------------------------------------------------------------------------------------------
 
 
-@needs_data
 def test_eval_writes_predictions_for_the_first_limit_questions(dtb, model_dir: Path, tmp_path: Path):
     predictions = tmp_path / "predictions.json"
-    result = dtb("eval", "--model", model_dir, "--data", DEV_V11, "--limit", 20, "--predictions", predictions)
+    result = dtb("eval", "--model", model_dir, "--data", SAMPLE_V11, "--limit", 20, "--predictions", predictions)
     assert result.code == 0
     written = json.loads(predictions.read_text())
-    assert list(written) == [q.id for q in load_squad(DEV_V11, limit=20).questions]
+    assert list(written) == [q.id for q in load_squad(SAMPLE_V11, limit=20).questions]
     assert all(isinstance(answer, str) for answer in written.values())
 
 
-@needs_data
 def test_eval_prints_em_f1_speed_and_macs_as_a_table(dtb, model_dir: Path, tmp_path: Path):
-    result = dtb("eval", "--model", model_dir, "--data", DEV_V11, "--limit", 20, "--predictions", tmp_path / "p.json")
+    result = dtb(
+        "eval", "--model", model_dir, "--data", SAMPLE_V11, "--limit", 20, "--predictions", tmp_path / "p.json"
+    )
     assert result.code == 0
     table = text_table(result.out)
     assert {"exact_match", "f1", "questions_per_second", "mean_macs"} <= set(table)
@@ -231,13 +235,14 @@ def test_eval_prints_em_f1_speed_and_macs_as_a_table(dtb, model_dir: Path, tmp_p
     assert table["length_config"] == "full"
 
 
-@needs_data
 def test_eval_json_reports_the_official_scores_of_the_predictions_it_wrote(dtb, model_dir: Path, tmp_path: Path):
     predictions = tmp_path / "predictions.json"
-    result = dtb("eval", "--model", model_dir, "--data", DEV_V11, "--limit", 20, "--predictions", predictions, "--json")
+    result = dtb(
+        "eval", "--model", model_dir, "--data", SAMPLE_V11, "--limit", 20, "--predictions", predictions, "--json"
+    )
     assert result.code == 0
     summary = result.json
-    official = score_predictions(load_squad(DEV_V11, limit=20), json.loads(predictions.read_text()))
+    official = score_predictions(load_squad(SAMPLE_V11, limit=20), json.loads(predictions.read_text()))
     assert (summary["exact_match"], summary["f1"], summary["total"]) == (
         official["exact_match"],
         official["f1"],
@@ -250,9 +255,8 @@ def test_eval_json_reports_the_official_scores_of_the_predictions_it_wrote(dtb, 
     assert summary["predictions"] == str(predictions)
 
 
-@needs_data
 def test_eval_with_a_dropping_length_config_reports_fewer_macs(dtb, model_dir: Path, tmp_path: Path):
-    args = ("eval", "--model", model_dir, "--data", DEV_V11, "--limit", 5, "--predictions", tmp_path / "p.json")
+    args = ("eval", "--model", model_dir, "--data", SAMPLE_V11, "--limit", 5, "--predictions", tmp_path / "p.json")
     full = dtb(*args, "--json").json
     dropping = dtb(*args, "--json", "--length-config", RATIOS).json
     assert dropping["length_config"] == RATIOS
@@ -263,33 +267,41 @@ def test_eval_with_a_dropping_length_config_reports_fewer_macs(dtb, model_dir: P
 # --- dtb score -------------------------------------------------------------------------------------------------
 
 
-@needs_data
-def test_score_of_the_gold_answers_is_100(dtb, tmp_path: Path):
-    gold = {q.id: q.answers[0] for q in load_squad(DEV_V11).questions}
+@pytest.mark.parametrize("data", sample_and_full(SAMPLE_V11, "dev-v1.1.json.gz"))
+def test_score_of_the_gold_answers_is_100(dtb, tmp_path: Path, data: Path):
+    gold = {q.id: q.answers[0] for q in load_squad(data).questions}
     (tmp_path / "gold.json").write_text(json.dumps(gold))
-    result = dtb("score", "--data", DEV_V11, "--predictions", tmp_path / "gold.json", "--json")
+    result = dtb("score", "--data", data, "--predictions", tmp_path / "gold.json", "--json")
     assert result.code == 0
     metrics = result.json
     assert (metrics["exact_match"], metrics["f1"], metrics["total"]) == (100.0, 100.0, len(gold))
     assert metrics["missing"] == []
 
 
-@needs_data
-def test_score_prints_a_table_counting_the_missing_predictions(dtb, tmp_path: Path):
-    some = {q.id: q.answers[0] for q in load_squad(DEV_V11, limit=10).questions}
+@pytest.mark.parametrize(
+    "data,total,missing",
+    [
+        pytest.param(SAMPLE_V11, "320", "310", id="sample"),
+        pytest.param(
+            full_squad("dev-v1.1.json.gz"), "10,570", "10,560", id="full", marks=needs_full_squad("dev-v1.1.json.gz")
+        ),
+    ],
+)
+def test_score_prints_a_table_counting_the_missing_predictions(dtb, tmp_path: Path, data, total, missing):
+    some = {q.id: q.answers[0] for q in load_squad(data, limit=10).questions}
     (tmp_path / "some.json").write_text(json.dumps(some))
-    result = dtb("score", "--data", DEV_V11, "--predictions", tmp_path / "some.json")
+    result = dtb("score", "--data", data, "--predictions", tmp_path / "some.json")
     assert result.code == 0
     table = text_table(result.out)
-    assert table["total"] == "10,570"
-    assert table["missing"] == "10,560"
+    assert table["total"] == total
+    assert table["missing"] == missing
 
 
-@needs_data
-def test_score_of_a_v2_file_reports_answerable_and_unanswerable_scores(dtb, tmp_path: Path):
-    gold = {q.id: q.answers[0] if q.answers else "" for q in load_squad(DEV_V20).questions}
+@pytest.mark.parametrize("data", sample_and_full(SAMPLE_V20, "dev-v2.0.json.gz"))
+def test_score_of_a_v2_file_reports_answerable_and_unanswerable_scores(dtb, tmp_path: Path, data: Path):
+    gold = {q.id: q.answers[0] if q.answers else "" for q in load_squad(data).questions}
     (tmp_path / "gold.json").write_text(json.dumps(gold))
-    result = dtb("score", "--data", DEV_V20, "--predictions", tmp_path / "gold.json", "--json")
+    result = dtb("score", "--data", data, "--predictions", tmp_path / "gold.json", "--json")
     assert result.code == 0
     metrics = result.json
     assert {"HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1", "NoAns_total"} <= set(metrics)
@@ -386,7 +398,7 @@ def test_info_of_minilm_l6_h384_counts_4_758_552_960_macs_at_384_tokens(dtb, min
 
 @pytest.mark.parametrize(
     "args",
-    [["ask", QUESTION, "--context", CONTEXT], ["eval", "--data", DEV_V11, "--limit", 1], ["info"]],
+    [["ask", QUESTION, "--context", CONTEXT], ["eval", "--data", SAMPLE_V11, "--limit", 1], ["info"]],
     ids=["ask", "eval", "info"],
 )
 def test_no_model_given_and_none_installed_is_a_usage_error(dtb, args: list, monkeypatch, tmp_path: Path):
@@ -429,7 +441,7 @@ def test_increasing_length_config_is_a_usage_error(dtb, model_dir: Path):
 def test_length_config_for_another_number_of_layers_is_a_usage_error(dtb, model_dir: Path, command: str):
     args = {
         "ask": ["ask", QUESTION, "--context", CONTEXT],
-        "eval": ["eval", "--data", DEV_V11, "--limit", 1],
+        "eval": ["eval", "--data", SAMPLE_V11, "--limit", 1],
         "info": ["info"],
     }[command]
     result = dtb(*args, "--model", model_dir, "--length-config", "0.9,0.7")
@@ -440,10 +452,10 @@ def test_length_config_for_another_number_of_layers_is_a_usage_error(dtb, model_
 def test_a_device_torch_cannot_name_is_refused_before_the_model_loads(dtb, model_dir: Path, command: str):
     args = {
         "ask": ["ask", QUESTION, "--context", CONTEXT],
-        "eval": ["eval", "--data", DEV_V11],
-        "calibrate": ["calibrate", "--data", DEV_V11],
+        "eval": ["eval", "--data", SAMPLE_V11],
+        "calibrate": ["calibrate", "--data", SAMPLE_V11],
         "serve": ["serve"],
-        "bench": ["bench", "--data", DEV_V11],
+        "bench": ["bench", "--data", SAMPLE_V11],
     }[command]
     result = dtb(*args, "--model", model_dir, "--device", "tpu")
     assert_usage_error(result, "argument --device", "cpu or cuda", "'tpu'")
@@ -451,13 +463,12 @@ def test_a_device_torch_cannot_name_is_refused_before_the_model_loads(dtb, model
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_without_a_gpu_is_a_usage_error(dtb, model_dir: Path):
-    result = dtb("eval", "--data", DEV_V11, "--model", model_dir, "--device", "cuda")
+    result = dtb("eval", "--data", SAMPLE_V11, "--model", model_dir, "--device", "cuda")
     assert_usage_error(result, "argument --device", "sees no CUDA GPU")
 
 
-@needs_data
 def test_eval_on_the_cpu_device_answers_as_without_it(dtb, model_dir: Path, tmp_path: Path):
-    common = ["eval", "--data", DEV_V11, "--limit", 3, "--model", model_dir, "--json"]
+    common = ["eval", "--data", SAMPLE_V11, "--limit", 3, "--model", model_dir, "--json"]
     default = dtb(*common, "--predictions", tmp_path / "a.json")
     on_cpu = dtb(*common, "--predictions", tmp_path / "b.json", "--device", "cpu")
     assert default.code == on_cpu.code == 0
@@ -469,18 +480,16 @@ def test_missing_data_file_is_named_in_the_error(dtb, model_dir: Path, tmp_path:
     assert_usage_error(dtb("eval", "--model", model_dir, "--data", missing), str(missing), "not found")
 
 
-@needs_data
 def test_missing_predictions_file_is_named_in_the_error(dtb, tmp_path: Path):
     missing = tmp_path / "predictions.json"
-    assert_usage_error(dtb("score", "--data", DEV_V11, "--predictions", missing), str(missing), "not found")
+    assert_usage_error(dtb("score", "--data", SAMPLE_V11, "--predictions", missing), str(missing), "not found")
 
 
-@needs_data
 @pytest.mark.parametrize("content", ["[1, 2]", "{not json", '{"id": 3}'], ids=["list", "not-json", "not-text"])
 def test_bad_predictions_file_is_named_in_the_error(dtb, tmp_path: Path, content: str):
     bad = tmp_path / "predictions.json"
     bad.write_text(content)
-    assert_usage_error(dtb("score", "--data", DEV_V11, "--predictions", bad), str(bad), "not a predictions file")
+    assert_usage_error(dtb("score", "--data", SAMPLE_V11, "--predictions", bad), str(bad), "not a predictions file")
 
 
 def test_unknown_subcommand_is_a_usage_error(dtb):

@@ -13,12 +13,7 @@ from dynamic_tinybert.length_config import LengthConfig
 from dynamic_tinybert.pipeline import QuestionAnswerer
 from dynamic_tinybert.squad import SquadDataset, load_squad, score_predictions
 
-from conftest import SQUAD_DIR, make_tiny_tokenizer, tiny_model
-
-DEV_V11 = SQUAD_DIR / "dev-v1.1.json.gz"
-DEV_V20 = SQUAD_DIR / "dev-v2.0.json.gz"
-
-pytestmark = pytest.mark.skipif(not DEV_V11.exists(), reason=f"SQuAD data not found under {SQUAD_DIR}")
+from conftest import SAMPLE_V11, SAMPLE_V20, make_tiny_tokenizer, tiny_model
 
 DROPPING = LengthConfig.ratios([0.9, 0.7, 0.5])
 
@@ -36,12 +31,12 @@ def qa(tmp_path_factory: pytest.TempPathFactory) -> QuestionAnswerer:
 
 @pytest.fixture(scope="module")
 def dev_v11() -> SquadDataset:
-    return load_squad(DEV_V11, limit=12)
+    return load_squad(SAMPLE_V11, limit=12)  # the first 12 of dev-v1.1
 
 
 @pytest.fixture(scope="module")
 def dev_v20() -> SquadDataset:
-    return load_squad(DEV_V20, limit=20)  # 10 answerable, 10 unanswerable
+    return load_squad(SAMPLE_V20, limit=20)  # the first 20 of dev-v2.0: 10 answerable, 10 unanswerable
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +123,7 @@ def test_evaluate_summary_has_the_metrics_speed_and_cost_but_not_the_missing_lis
 
 def test_evaluate_tells_progress_after_every_batch_of_windows(qa: QuestionAnswerer):
     told: list[int] = []
-    result = evaluate(qa, load_squad(DEV_V11, limit=3), progress=told.append, batch_size=2)
+    result = evaluate(qa, load_squad(SAMPLE_V11, limit=3), progress=told.append, batch_size=2)
     assert sum(told) == result.windows
     assert told == [2] * (result.windows // 2) + [1] * (result.windows % 2)
 

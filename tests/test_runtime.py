@@ -41,6 +41,7 @@ def page_faults(mode: str) -> int:
 
 
 @glibc_only
+@pytest.mark.slow
 def test_keeping_freed_memory_spares_repeated_forward_passes_most_of_their_page_faults():
     default, kept = page_faults("default"), page_faults("keep")
     assert kept * 5 < default, (kept, default)  # measured here: 3,200 against 66,881

@@ -1,14 +1,14 @@
-"""Searching the accuracy/cost frontier: the space's operators, both methods on a model trained with
-LengthDrop, resuming an interrupted Optuna study, time limits, logs, plots, the sweep and `dtb search`.
+"""Searching the accuracy/cost frontier: both methods on a model trained with LengthDrop, resuming an
+interrupted Optuna study, time limits, logs, plots, the sweep and `dtb search` (the search space's operators
+are in test_search_space.py).
 
 The model is a tiny 3-layer BERT trained here on the synthetic who-lives-where task, then with LengthDrop
-(about 45 s on 2 CPU cores), so that dropping tokens really costs F1 and a search has something to find.
+(about 25 s on one thread), so that dropping tokens really costs F1 and a search has something to find.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from dynamic_tinybert.search import EvolutionSettings, SearchSettings, SearchSpa
 from dynamic_tinybert.search.runner import LOG_FILE
 from dynamic_tinybert.training import LengthDrop, SpanLoss, TrainSettings, WindowSettings, label_windows, train
 
-from conftest import learner_model, make_tiny_tokenizer
+from conftest import cached_checkpoint, learner_model, make_tiny_tokenizer, one_torch_thread
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +41,26 @@ OPTUNA = SearchSettings(method="optuna", trials=60, evolution=EvolutionSettings(
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A 3-layer BERT trained on 6,000 synthetic questions (10 epochs), then 2 epochs of LengthDrop."""
-    torch.manual_seed(0)
-    tokenizer = make_tiny_tokenizer()
-    model = learner_model(seed=0, num_hidden_layers=3)
-    features = label_windows(tokenizer, synthetic_dataset(6000, seed=1, facts=2).questions, WindowSettings(64, 16))
-    runs = tmp_path_factory.mktemp("runs")
-    for name, objective, epochs, lr in [
-        ("span", SpanLoss(), 10, 1e-3),
-        ("length-drop", LengthDrop(SpanLoss(), ratio_bound=0.3), 2, 5e-4),
-    ]:
-        settings = TrainSettings(runs / name, epochs=epochs, batch_size=32, learning_rate=lr, save_every=10**6)
-        train(model, tokenizer, objective, features, settings)
-    return save_checkpoint(model.eval(), tokenizer, tmp_path_factory.mktemp("model"))
+def model_dir(request, tmp_path_factory) -> Path:
+    """A 3-layer BERT trained on 6,000 synthetic questions (10 epochs), then 2 epochs of LengthDrop: trained once
+    per session, or reused from pytest's cache (conftest.cached_checkpoint)."""
+
+    def train_into(folder: Path) -> None:
+        torch.manual_seed(0)
+        tokenizer = make_tiny_tokenizer()
+        model = learner_model(seed=0, num_hidden_layers=3)
+        features = label_windows(tokenizer, synthetic_dataset(6000, seed=1, facts=2).questions, WindowSettings(64, 16))
+        runs = tmp_path_factory.mktemp("runs")
+        for name, objective, epochs, lr in [
+            ("span", SpanLoss(), 10, 1e-3),
+            ("length-drop", LengthDrop(SpanLoss(), ratio_bound=0.3), 2, 5e-4),
+        ]:
+            settings = TrainSettings(runs / name, epochs=epochs, batch_size=32, learning_rate=lr, save_every=10**6)
+            with one_torch_thread():
+                train(model, tokenizer, objective, features, settings)
+        save_checkpoint(model.eval(), tokenizer, folder)
+
+    return cached_checkpoint(request, train_into)
 
 
 @pytest.fixture(scope="module")
@@ -92,53 +98,6 @@ def beats_the_constant_curve(frontier: Frontier) -> list[Point]:
 
 def signature(frontier: Frontier) -> list[tuple]:
     return [(str(p.length_config), round(p.f1, 4), round(p.macs_ratio, 6)) for p in frontier.points]
-
-
-# --------------------------------------------------------------------------------------------------
-# The search space
-
-
-def test_the_grid_runs_from_the_smallest_ratio_to_one():
-    assert SearchSpace(6).grid == tuple(round(0.1 + 0.05 * i, 6) for i in range(19))
-    assert SearchSpace(6, min_ratio=0.1, ratio_step=0.3).grid == (0.1, 0.4, 0.7, 1.0)
-
-
-def test_random_mutated_and_crossed_genomes_are_valid_non_increasing_configs():
-    space, rng = SearchSpace(6), random.Random(0)
-    for _ in range(300):
-        a, b = space.random(rng), space.random(rng)
-        children = [space.mutate(a, 0.5, rng), space.crossover(a, b)]
-        for genome in [a, b, *children]:
-            assert all(0 <= g <= space.top for g in genome)
-            assert list(genome) == sorted(genome, reverse=True)
-            space.config(genome)  # a LengthConfig validates monotonicity itself
-        assert all(min(x, y) <= c <= max(x, y) for x, y, c in zip(a, b, children[1]))
-
-
-def test_mutation_changes_layers_only_with_its_probability():
-    space, rng = SearchSpace(6), random.Random(1)
-    genome = space.random(rng)
-    assert space.mutate(genome, 1e-12, rng) == genome
-    assert any(space.mutate(genome, 1.0, rng) != genome for _ in range(20))
-
-
-def test_a_genome_round_trips_through_its_length_config_and_off_grid_configs_are_refused():
-    space = SearchSpace(3)
-    genome = (18, 10, 2)
-    assert space.genome(space.config(genome)) == genome
-    with pytest.raises(ValueError, match="not on the search grid"):
-        space.genome(LengthConfig.ratios([1.0, 0.33, 0.1]))
-
-
-def test_bad_search_space_settings_are_refused():
-    with pytest.raises(ValueError, match="min_ratio"):
-        SearchSpace(6, min_ratio=0.0)
-    with pytest.raises(ValueError, match="ratio_step"):
-        SearchSpace(6, ratio_step=1.5)
-    with pytest.raises(ValueError, match="method"):
-        SearchSettings(method="grid")
-    with pytest.raises(ValueError, match="mutation_probability"):
-        EvolutionSettings(mutation_probability=0.0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dynamic_tinybert import QuestionAnswerer, checkpoint
 from dynamic_tinybert.frontier import load_frontier
 from dynamic_tinybert.squad import exact_match_score, load_squad
 
-from conftest import SQUAD_DIR
+from conftest import SAMPLE_V11
 
 SHIPPED = checkpoint.DEFAULT_MODEL
 # a proxy that refuses every connection: any hub download would fail, so an answer proves the model is local
@@ -43,7 +43,7 @@ def test_the_shipped_model_is_small_fp16_safetensors_with_its_frontier_and_card(
 def test_it_loads_as_fp32_and_answers_dev_questions(shipped_qa: QuestionAnswerer):
     """Three dev questions it gets exactly right (of the first 8 it misses two: its dev EM is 69.6)."""
     assert next(shipped_qa.model.parameters()).dtype == torch.float32
-    first = load_squad(SQUAD_DIR / "dev-v1.1.json.gz", limit=8).questions
+    first = load_squad(SAMPLE_V11, limit=8).questions
     questions = [first[0], first[3], first[6]]  # AFC team, the winner, the date
     answers = shipped_qa([{"question": q.question, "context": q.context} for q in questions])
     for question, answer in zip(questions, answers, strict=True):
@@ -52,7 +52,7 @@ def test_it_loads_as_fp32_and_answers_dev_questions(shipped_qa: QuestionAnswerer
 
 def test_the_cheapest_frontier_point_still_answers_and_costs_less(shipped_qa: QuestionAnswerer):
     frontier = load_frontier(SHIPPED)
-    question = load_squad(SQUAD_DIR / "dev-v1.1.json.gz", limit=1).questions[0]
+    question = load_squad(SAMPLE_V11, limit=1).questions[0]
     cheap = min(frontier.points, key=lambda p: p.macs_ratio)
     assert cheap.macs_ratio < 0.6
     answer = shipped_qa(question=question.question, context=question.context, budget=cheap.macs_ratio)

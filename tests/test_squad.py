@@ -21,12 +21,14 @@ from dynamic_tinybert.squad import (
     write_predictions,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
-DEV_V11 = DATA / "dev-v1.1.json.gz"
-DEV_V20 = DATA / "dev-v2.0.json.gz"
-TRAIN_V20 = DATA / "train-v2.0.json.gz"
+from conftest import SAMPLE_V11, SAMPLE_V20, full_squad, needs_full_squad, sample_and_full
 
-needs_data = pytest.mark.skipif(not DEV_V11.exists(), reason=f"SQuAD data not found under {DATA}")
+DEV_V11 = full_squad("dev-v1.1.json.gz")  # None where the full files are not found: the tests below skip
+DEV_V20 = full_squad("dev-v2.0.json.gz")
+TRAIN_V20 = full_squad("train-v2.0.json.gz")
+
+needs_dev_v11 = needs_full_squad("dev-v1.1.json.gz")
+needs_dev_v20 = needs_full_squad("dev-v2.0.json.gz")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,23 @@ def dev_v11() -> SquadDataset:
 @pytest.fixture(scope="module")
 def dev_v20() -> SquadDataset:
     return load_squad(DEV_V20)
+
+
+@pytest.fixture(scope="module", params=sample_and_full(SAMPLE_V11, "dev-v1.1.json.gz"))
+def v11_file(request) -> Path:
+    """The committed dev-v1.1 sample, then the full file where it is found."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def v11(v11_file: Path) -> SquadDataset:
+    return load_squad(v11_file)
+
+
+@pytest.fixture(scope="module", params=sample_and_full(SAMPLE_V20, "dev-v2.0.json.gz"))
+def v20(request) -> SquadDataset:
+    """The committed dev-v2.0 sample, then the full file where it is found."""
+    return load_squad(request.param)
 
 
 def _write_squad(path: Path, paragraphs: list[dict], version: str = "1.1") -> Path:
@@ -72,33 +91,48 @@ def _gold_predictions(dataset: SquadDataset) -> dict[str, str]:
 # Loading the real files
 
 
-@needs_data
+@pytest.mark.parametrize(
+    "sample,name,first",
+    [
+        pytest.param(SAMPLE_V11, "dev-v1.1.json.gz", 15, id="dev-v1.1", marks=needs_dev_v11),
+        pytest.param(SAMPLE_V20, "dev-v2.0.json.gz", 10, id="dev-v2.0", marks=needs_dev_v20),
+    ],
+)
+def test_each_sample_is_the_slice_of_its_dev_file_that_its_readme_describes(sample: Path, name: str, first: int):
+    """tests/data/README.md: the first `first` paragraphs of the first article, then the first paragraph of each
+    of the next three articles, every field as in the official file."""
+    full, cut = (json.loads(gzip.decompress(path.read_bytes())) for path in (full_squad(name), sample))
+    head, *rest = full["data"]
+    slices = [{**head, "paragraphs": head["paragraphs"][:first]}]
+    slices += [{**article, "paragraphs": article["paragraphs"][:1]} for article in rest[:3]]
+    assert cut == {"version": full["version"], "data": slices}
+
+
+@needs_dev_v11
 def test_dev_v11_has_10570_answerable_questions(dev_v11: SquadDataset) -> None:
     assert len(dev_v11.questions) == 10_570
     assert all(q.answers and not q.is_impossible for q in dev_v11.questions)
 
 
-@needs_data
-def test_dev_v11_is_version_1_1_and_not_v2(dev_v11: SquadDataset) -> None:
-    assert dev_v11.version == "1.1"
-    assert not dev_v11.is_v2
+def test_dev_v11_is_version_1_1_and_not_v2(v11: SquadDataset) -> None:
+    assert v11.version == "1.1"
+    assert not v11.is_v2
 
 
-@needs_data
+@needs_dev_v20
 def test_dev_v20_has_11873_questions_of_which_5945_impossible(dev_v20: SquadDataset) -> None:
     assert len(dev_v20.questions) == 11_873
     assert sum(q.is_impossible for q in dev_v20.questions) == 5_945
     assert dev_v20.version == "v2.0" and dev_v20.is_v2
 
 
-@needs_data
-def test_impossible_questions_have_no_gold_answers(dev_v20: SquadDataset) -> None:
-    for q in dev_v20.questions:
+def test_impossible_questions_have_no_gold_answers(v20: SquadDataset) -> None:
+    for q in v20.questions:
         assert (q.answers == ()) == q.is_impossible
         assert len(q.answers) == len(q.answer_starts)
 
 
-@needs_data
+@needs_dev_v20
 def test_answerable_only_on_dev_v20_keeps_the_5928_answerable_questions() -> None:
     dataset = load_squad(DEV_V20, answerable_only=True)
     assert len(dataset.questions) == 5_928
@@ -107,65 +141,59 @@ def test_answerable_only_on_dev_v20_keeps_the_5928_answerable_questions() -> Non
     assert article_ids == [q.id for q in dataset.questions]
 
 
-@needs_data
+@needs_full_squad("train-v2.0.json.gz")
 def test_answerable_only_on_train_v20_gives_the_86821_v11_training_questions() -> None:
     dataset = load_squad(TRAIN_V20, answerable_only=True)
     assert len(dataset.questions) == 86_821
     assert dataset.version == "v2.0"
 
 
-@needs_data
-def test_first_question_fields_come_from_the_file(dev_v11: SquadDataset) -> None:
-    q = dev_v11.questions[0]
+def test_first_question_fields_come_from_the_file(v11: SquadDataset) -> None:
+    q = v11.questions[0]
     assert q.id == "56be4db0acb8001400a502ec"
     assert q.title == "Super_Bowl_50"
     assert q.question == "Which NFL team represented the AFC at Super Bowl 50?"
     assert q.answers == ("Denver Broncos",) * 3
     assert q.answer_starts == (177,) * 3
-    assert q.context is dev_v11.articles[0]["paragraphs"][0]["context"]
+    assert q.context is v11.articles[0]["paragraphs"][0]["context"]
 
 
-@needs_data
-def test_answer_starts_locate_the_answer_text_in_the_context(dev_v11: SquadDataset) -> None:
-    for q in dev_v11.questions:
+def test_answer_starts_locate_the_answer_text_in_the_context(v11: SquadDataset) -> None:
+    for q in v11.questions:
         for text, start in zip(q.answers, q.answer_starts, strict=True):
             assert q.context[start : start + len(text)] == text
 
 
-@needs_data
-def test_uncompressed_json_loads_the_same_as_gzip(tmp_path: Path, dev_v11: SquadDataset) -> None:
+def test_uncompressed_json_loads_the_same_as_gzip(tmp_path: Path, v11_file: Path, v11: SquadDataset) -> None:
     plain = tmp_path / "dev-v1.1.json"
-    plain.write_bytes(gzip.decompress(DEV_V11.read_bytes()))
-    assert load_squad(plain) == dev_v11
+    plain.write_bytes(gzip.decompress(v11_file.read_bytes()))
+    assert load_squad(plain) == v11
 
 
-@needs_data
-def test_limit_keeps_the_first_n_questions_and_trims_articles_to_them(dev_v11: SquadDataset) -> None:
+def test_limit_keeps_the_first_n_questions_and_trims_articles_to_them(v11_file: Path, v11: SquadDataset) -> None:
     # 300 questions run past the first article (Super_Bowl_50 has more), so cut inside a paragraph.
-    limited = load_squad(DEV_V11, limit=300)
-    assert limited.questions == dev_v11.questions[:300]
+    limited = load_squad(v11_file, limit=300)
+    assert limited.questions == v11.questions[:300]
     article_ids = [qa["id"] for a in limited.articles for p in a["paragraphs"] for qa in p["qas"]]
     assert article_ids == [q.id for q in limited.questions]
-    assert score_predictions(limited, _gold_predictions(dev_v11))["total"] == 300
+    assert score_predictions(limited, _gold_predictions(v11))["total"] == 300
 
 
-@needs_data
-def test_limit_does_not_modify_the_untrimmed_articles(dev_v11: SquadDataset) -> None:
-    limited = load_squad(DEV_V11, limit=1)
+def test_limit_does_not_modify_the_untrimmed_articles(v11_file: Path, v11: SquadDataset) -> None:
+    limited = load_squad(v11_file, limit=1)
     assert len(limited.articles) == 1 and len(limited.articles[0]["paragraphs"]) == 1
-    assert len(dev_v11.articles[0]["paragraphs"][0]["qas"]) > 1
+    assert len(v11.articles[0]["paragraphs"][0]["qas"]) > 1
 
 
-@needs_data
+@needs_dev_v20
 def test_limit_applies_after_answerable_only() -> None:
     dataset = load_squad(DEV_V20, answerable_only=True, limit=50)
     assert len(dataset.questions) == 50
     assert not any(q.is_impossible for q in dataset.questions)
 
 
-@needs_data
-def test_limit_beyond_the_file_keeps_every_question(dev_v11: SquadDataset) -> None:
-    assert load_squad(DEV_V11, limit=1_000_000).questions == dev_v11.questions
+def test_limit_beyond_the_file_keeps_every_question(v11_file: Path, v11: SquadDataset) -> None:
+    assert load_squad(v11_file, limit=1_000_000).questions == v11.questions
 
 
 def test_negative_limit_is_rejected(tmp_path: Path) -> None:
@@ -279,13 +307,13 @@ def test_v2_f1_scores_empty_answers_as_one_only_when_both_are_empty() -> None:
 # Scoring v1.1
 
 
-@needs_data
+@needs_dev_v11
 def test_gold_answers_score_100_on_dev_v11(dev_v11: SquadDataset) -> None:
     scores = score_predictions(dev_v11, _gold_predictions(dev_v11))
     assert scores == {"exact_match": 100.0, "f1": 100.0, "total": 10_570, "missing": []}
 
 
-@needs_data
+@needs_dev_v11
 def test_empty_predictions_score_0_on_dev_v11_except_three_punctuation_only_references(
     dev_v11: SquadDataset,
 ) -> None:
@@ -333,7 +361,7 @@ def test_scoring_a_dataset_without_questions_is_rejected(tmp_path: Path) -> None
 # Scoring v2.0
 
 
-@needs_data
+@needs_dev_v20
 def test_gold_answers_score_100_on_dev_v20(dev_v20: SquadDataset) -> None:
     scores = score_predictions(dev_v20, _gold_predictions(dev_v20))
     assert scores == {
@@ -350,7 +378,7 @@ def test_gold_answers_score_100_on_dev_v20(dev_v20: SquadDataset) -> None:
     }
 
 
-@needs_data
+@needs_dev_v20
 def test_empty_predictions_on_dev_v20_get_every_no_answer_right_and_every_answer_wrong(
     dev_v20: SquadDataset,
 ) -> None:
@@ -361,7 +389,7 @@ def test_empty_predictions_on_dev_v20_get_every_no_answer_right_and_every_answer
     assert scores["f1"] == pytest.approx(100 * 5_945 / 11_873)
 
 
-@needs_data
+@needs_dev_v20
 def test_v2_scores_leave_out_noans_keys_when_every_question_is_answerable() -> None:
     dataset = load_squad(DEV_V20, answerable_only=True, limit=200)
     scores = score_predictions(dataset, _gold_predictions(dataset))
@@ -369,7 +397,7 @@ def test_v2_scores_leave_out_noans_keys_when_every_question_is_answerable() -> N
     assert scores["HasAns_total"] == scores["total"] == 200
 
 
-@needs_data
+@needs_dev_v20
 def test_na_probs_best_scores_are_at_least_the_thresholded_scores(dev_v20: SquadDataset) -> None:
     rng = random.Random(0)
     raw = json.loads(gzip.decompress(DEV_V20.read_bytes()))

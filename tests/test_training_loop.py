@@ -43,7 +43,7 @@ from dynamic_tinybert.training import (
 from dynamic_tinybert.training.data import Features, collate, epoch_batches
 from dynamic_tinybert.training.objectives import answer_coverage
 
-from conftest import make_tiny_tokenizer, tiny_model
+from conftest import make_tiny_tokenizer, one_torch_thread, tiny_model
 
 WINDOWS = WindowSettings(max_seq_len=64, doc_stride=16)
 TOKENIZER = make_tiny_tokenizer()
@@ -51,10 +51,8 @@ TOKENIZER = make_tiny_tokenizer()
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def small_model(seed: int = 0, dropout: float = 0.1, **overrides):
@@ -818,6 +816,7 @@ def json_objects(text: str) -> list[dict]:
     return found
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_with_gloo(run_files, tmp_path):
     _, model_dir, _, data, _ = run_files
     out = tmp_path / "ddp"
@@ -840,6 +839,7 @@ def test_torchrun_two_processes_train_with_gloo(run_files, tmp_path):
     assert 1 <= len(printed) <= 2 and all(p["model"] == str(out / "model") for p in printed)
 
 
+@pytest.mark.slow
 def test_the_length_drop_bench_trains_each_variant_from_one_start_and_scores_every_config(tiny_checkpoint, tmp_path):
     train = write_squad_file(synthetic_dataset(40, seed=1), tmp_path / "train.json")
     dev = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")

@@ -1,7 +1,8 @@
 """Training actually teaches: fine-tuning, distillation and LengthDrop on the synthetic who-lives-where task.
 
 These train tiny models for real (a minute or two in all on 2 CPU cores): a teacher from random
-initialisation, students with and without the teacher, and the teacher with and without LengthDrop.
+initialisation (shared with test_pruning: conftest's synthetic_teacher), students with and without the teacher,
+and the teacher with and without LengthDrop.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from synthetic import synthetic_dataset
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer
@@ -32,7 +32,7 @@ from conftest import learner_model, make_tiny_tokenizer
 pytestmark = pytest.mark.slow
 
 WINDOWS = WindowSettings(max_seq_len=64, doc_stride=16)
-TRAIN = synthetic_dataset(8000, seed=1, facts=2)
+TRAIN = synthetic_dataset(8000, seed=1, facts=2)  # the teacher's training set (conftest)
 HELD_OUT = synthetic_dataset(300, seed=2, facts=2)
 
 
@@ -53,13 +53,10 @@ def tokenizer(tmp_path_factory):
     return make_tiny_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def teacher(tokenizer, tmp_path_factory):
-    """A tiny BERT trained from random initialisation: 8,000 questions, 12 epochs (3,000 steps)."""
-    torch.manual_seed(0)
-    model = learner_model(seed=0)
-    fit(model, tokenizer, SpanLoss(), tmp_path_factory.mktemp("teacher"), epochs=12)
-    return model.eval()
+@pytest.fixture
+def teacher(synthetic_teacher):
+    """conftest's tiny BERT trained from random initialisation: TRAIN's 8,000 questions, 12 epochs (3,000 steps)."""
+    return synthetic_teacher
 
 
 def test_a_tiny_model_trained_from_scratch_answers_held_out_synthetic_questions(teacher, tokenizer):
