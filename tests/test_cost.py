@@ -1,4 +1,4 @@
-"""MACs of one forward pass (REFERENCE.md section 4): the published totals, length configs, and what really runs."""
+"""MACs of one forward pass (docs/reference.md): the published totals, length configs, and what really runs."""
 
 from __future__ import annotations
 

@@ -433,29 +433,29 @@ def write_predictions(path: str | os.PathLike, predictions: dict[str, str]) -> N
 
 def load_predictions(path: str | os.PathLike) -> dict[str, str]:
     """Read a predictions.json (``{question id: answer text}``; ``.gz`` accepted), checking its shape."""
-
-    def bad(reason: str) -> ValueError:
-        return ValueError(f"{os.fspath(path)}: not a predictions file: {reason}")
-
-    doc = _read_json_bytes(path, bad)
-    if not isinstance(doc, dict):
-        raise bad(f"expected a JSON object of question id -> answer text, got {type(doc).__name__}")
-    for qid, text in doc.items():
-        if not isinstance(text, str):
-            raise bad(f"answer for {qid!r} is {type(text).__name__}, not a string")
-    return doc
+    return _read_id_map(path, "predictions", "answer text", lambda text: isinstance(text, str), "a string")
 
 
 def load_na_probs(path: str | os.PathLike) -> dict[str, float]:
     """Read SQuAD 2.0 no-answer probabilities (``{question id: probability}``), checking their shape."""
 
+    def is_number(prob: object) -> bool:
+        return not isinstance(prob, bool) and isinstance(prob, int | float) and math.isfinite(prob)
+
+    probs = _read_id_map(path, "no-answer probabilities", "probability", is_number, "a number")
+    return {qid: float(prob) for qid, prob in probs.items()}
+
+
+def _read_id_map(path: str | os.PathLike, kind: str, value: str, valid: Callable[[object], bool], want: str) -> dict:
+    """A JSON object of question id -> `value`; every value `valid`, or a ValueError naming the file and id."""
+
     def bad(reason: str) -> ValueError:
-        return ValueError(f"{os.fspath(path)}: not a no-answer probabilities file: {reason}")
+        return ValueError(f"{os.fspath(path)}: not a {kind} file: {reason}")
 
     doc = _read_json_bytes(path, bad)
     if not isinstance(doc, dict):
-        raise bad(f"expected a JSON object of question id -> probability, got {type(doc).__name__}")
-    for qid, prob in doc.items():
-        if isinstance(prob, bool) or not isinstance(prob, int | float) or not math.isfinite(prob):
-            raise bad(f"probability for {qid!r} is {prob!r}, not a number")
-    return {qid: float(prob) for qid, prob in doc.items()}
+        raise bad(f"expected a JSON object of question id -> {value}, got {type(doc).__name__}")
+    for qid, item in doc.items():
+        if not valid(item):
+            raise bad(f"{value.split()[0]} for {qid!r} is {type(item).__name__}, not {want}")
+    return doc
