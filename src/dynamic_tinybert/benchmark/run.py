@@ -180,7 +180,7 @@ def run_benchmark(
     windows = make_windows(tokenizer, questions, contexts, options.max_seq_len, options.doc_stride)
     context_tokens = [len(e.ids) for e in tokenizer.encode_batch(contexts, add_special_tokens=False)]
     result = {
-        "model": str(model if model is not None else directory),
+        "model": str(model) if model is not None else f"the shipped model ({directory.name})",
         "data": {
             "label": data_label,
             "version": dataset.version,

@@ -45,7 +45,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     try:
         result = benchmark.run_benchmark(
-            directory,
+            directory if args.model else None,  # None: named as the shipped model, not by its path
             dataset,
             systems=args.systems,
             threads=args.threads,
