@@ -45,5 +45,5 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (UsageError, CheckpointError, LengthConfigError, BudgetError, ValueError, OSError) as e:
         message = str(e) if isinstance(e, UsageError) else f"dtb: {e}"
-        print(f"error: {message}".replace("\n", " "), file=sys.stderr)
+        print("error: " + " ".join(message.splitlines()), file=sys.stderr)  # one line, whatever breaks it held
         return 2
