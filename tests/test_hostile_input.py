@@ -12,10 +12,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from synthetic import synthetic_dataset, write_squad_file
+from test_frontier import dtb
 
-from dynamic_tinybert import QuestionAnswerer, cli
+from dynamic_tinybert import QuestionAnswerer, checkpoint, cli
 from dynamic_tinybert.cli import common, serve
 from dynamic_tinybert.serving import create_app
+
+from conftest import make_tiny_tokenizer, tiny_model
 
 QUESTION = "where does alice live ?"
 CONTEXT = "carol lives in rome . alice lives in oslo . bob lives in paris ."
@@ -28,27 +31,14 @@ FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 
 @pytest.fixture(scope="module")
-def qa(tmp_path_factory) -> QuestionAnswerer:
-    from dynamic_tinybert import checkpoint
-
-    from conftest import make_tiny_tokenizer, tiny_model
-
-    directory = tmp_path_factory.mktemp("tiny")
-    checkpoint.save_checkpoint(tiny_model(), make_tiny_tokenizer(), directory)
-    return QuestionAnswerer.from_pretrained(directory)
+def model(tmp_path_factory) -> Path:
+    """A tiny random BERT QA checkpoint (128 positions), shared by the module's tests."""
+    return checkpoint.save_checkpoint(tiny_model(), make_tiny_tokenizer(), tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
-def model(qa: QuestionAnswerer, tmp_path_factory) -> Path:
-    from dynamic_tinybert import checkpoint
-
-    return checkpoint.save_checkpoint(qa.model, qa.tokenizer, tmp_path_factory.mktemp("model"))
-
-
-def dtb(capsys, *args) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+def qa(model: Path) -> QuestionAnswerer:
+    return QuestionAnswerer.from_pretrained(model)
 
 
 def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
@@ -192,6 +182,11 @@ def test_the_http_service_answers_or_422s_any_text(qa, question, context):
     assert response.status_code in (200, 422), response.text
 
 
+def refuse_to_listen(host: str, port: int):
+    """A host that resolves is not bound in a test: serve stops here, as it does for one that cannot listen."""
+    raise common.UsageError(f"dtb serve: not listening on {host}:{port} in a test")
+
+
 # Every text a `dtb` subcommand reads from its arguments, as --option=TEXT (or after --, a positional).
 ARGUMENT_TEXTS = [
     ("ask", "--context={text}", "--", "{text}"),
@@ -211,7 +206,7 @@ ARGUMENT_TEXTS = [
 @given(text=ANY_TEXT)
 def test_dtb_arguments_answer_or_refuse_any_text_in_one_line(capsys, monkeypatch, model, never_loaded, template, text):
     monkeypatch.setenv(common.MODEL_ENV, str(model))
-    monkeypatch.setattr(serve, "listening_socket", lambda host, port: (_ for _ in ()).throw(common.UsageError("x")))
+    monkeypatch.setattr(serve, "listening_socket", refuse_to_listen)
     argv = [part.replace("{text}", text) for part in template]
     code = cli.main(argv)
     out, err = capsys.readouterr()

@@ -148,8 +148,9 @@ def eval_set(args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    keep_freed_memory()  # one long batch job: reuse freed activations instead of faulting pages in again
     from ..search import EvolutionSettings, SearchSettings, plot_frontier, search
+
+    keep_freed_memory()  # one long batch job: reuse freed activations instead of faulting pages in again
 
     settings = SearchSettings(
         method=args.method,
@@ -203,7 +204,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..search import sweep
 
     keep_freed_memory()
-
     qa, directory = answerer_and_folder(args)
     target = args.output or output_folder(args, directory) / "sweep.json"
     dataset, name = search_set(args)
@@ -231,7 +231,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..latency import calibrate, evenly_spaced
 
     keep_freed_memory()
-
     qa, directory = answerer_and_folder(args)
     output = output_folder(args, directory)
     if qa.frontier is None:
