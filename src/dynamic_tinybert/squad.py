@@ -87,10 +87,17 @@ class SquadDataset:
         return SquadDataset(self.version, articles, [q for q in self.questions if q.id in wanted])
 
     def split_articles(self, held_out: int) -> tuple[SquadDataset, SquadDataset]:
-        """(the rest, the last `held_out` articles): a held-out slice that shares no paragraph with training."""
+        """(the rest, the last `held_out` articles): a held-out slice that shares no paragraph with training.
+
+        This is the one held-out rule: `dtb train` evaluates on these articles each epoch and `dtb search`
+        measures F1 on them, so a frontier is never searched on questions the model was trained on.
+        """
         titles = list(dict.fromkeys(q.title for q in self.questions))
         if not 0 < held_out < len(titles):
-            raise ValueError(f"cannot hold out {held_out} of {len(titles)} articles")
+            raise ValueError(
+                f"cannot hold out {held_out} of {len(titles)} articles: holdout_articles must be >= 1 "
+                "(held-out articles, not training ones) and leave at least one article to train on"
+            )
         held = set(titles[-held_out:])
         return (
             self.select(q.id for q in self.questions if q.title not in held),

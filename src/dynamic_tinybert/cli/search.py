@@ -16,7 +16,6 @@ from ..length_config import LengthConfig
 from ..runtime import keep_freed_memory
 from ..search import COSTS, METHODS, SAMPLERS
 from ..squad import load_squad
-from ..training.data import split_held_out
 from .common import (
     WINDOW_OPTIONS,
     UsageError,
@@ -131,7 +130,7 @@ def search_set(args: argparse.Namespace):
         dataset = load_squad(args.search_data, answerable_only=args.answerable_only, limit=args.limit)
         return dataset, f"{args.search_data.name} ({len(dataset.questions)} questions)"
     dataset = load_squad(args.data, answerable_only=args.answerable_only)
-    held_out = split_held_out(dataset, args.holdout_articles)[1]
+    held_out = dataset.split_articles(args.holdout_articles)[1]
     if args.limit is not None:
         held_out = held_out.select(q.id for q in held_out.questions[: args.limit])
     answerable = ", answerable only" if args.answerable_only else ""

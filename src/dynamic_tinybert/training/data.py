@@ -180,19 +180,6 @@ def iterate(features: Features, batches: list[np.ndarray], first: int, pad_id: i
         yield collate(features, indices, pad_id)
 
 
-def split_held_out(dataset: SquadDataset, holdout_articles: int) -> tuple[SquadDataset, SquadDataset]:
-    """The training file's questions as (trained on, held out): its last `holdout_articles` articles held out.
-
-    `dtb train` evaluates on the held-out articles each epoch and `dtb search` measures F1 on them, so a
-    frontier is never searched on questions the model was trained on.
-    """
-    if holdout_articles < 1:
-        raise ValueError(
-            f"holdout_articles must be >= 1 (held-out articles, not training ones), got {holdout_articles}"
-        )
-    return dataset.split_articles(holdout_articles)
-
-
 def training_data(
     tokenizer: Tokenizer,
     data: Path,
@@ -213,5 +200,5 @@ def training_data(
     if eval_data is not None:
         held_out = load_squad(eval_data, answerable_only=answerable_only)
     elif holdout_articles:
-        dataset, held_out = split_held_out(dataset, holdout_articles)
+        dataset, held_out = dataset.split_articles(holdout_articles)
     return cached_features(tokenizer, dataset.questions, settings, cache_dir), held_out
