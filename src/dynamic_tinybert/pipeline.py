@@ -11,6 +11,7 @@ Same inputs (one pair, lists, dicts), options, defaults and output dicts as that
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ class QuestionAnswerer:
         self.tokenizer = tokenizer
         self.frontier = frontier
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
+        self._tokenizing = threading.Lock()  # making windows sets the tokenizer's truncation: one caller at a time
         self.defaults = AnswerOptions(**defaults)
         checked = self.options()  # a bad default fails here, not at the first call
         if checked.budget is not None or checked.latency_ms is not None:
@@ -116,9 +118,10 @@ class QuestionAnswerer:
 
     def _windows(self, questions: Sequence[str], contexts: Sequence[str], opts: AnswerOptions) -> list[Window]:
         _check_texts(questions, contexts)
-        return make_windows(
-            self.tokenizer, questions, contexts, opts.max_seq_len, opts.doc_stride, opts.max_question_len
-        )
+        with self._tokenizing:
+            return make_windows(
+                self.tokenizer, questions, contexts, opts.max_seq_len, opts.doc_stride, opts.max_question_len
+            )
 
     def _answer(
         self,
@@ -127,9 +130,20 @@ class QuestionAnswerer:
         opts: AnswerOptions,
         progress: Callable[[int], None] | None,
     ) -> list[list[dict]]:
-        tokens_per_question = sum(w.length for w in windows) / max(1, len(contexts))
-        length_config = self.length_config_for(opts, tokens_per_question)
+        length_config = self.length_config_for(opts, tokens_per_question(windows, len(contexts)))
         start_logits, end_logits = self.logits(windows, length_config, opts.batch_size, progress)
+        return self.decode(windows, contexts, start_logits, end_logits, opts)
+
+    def decode(
+        self,
+        windows: Sequence[Window],
+        contexts: Sequence[str],
+        start_logits: Sequence[np.ndarray],
+        end_logits: Sequence[np.ndarray],
+        opts: AnswerOptions,
+    ) -> list[list[dict]]:
+        """The answers of each context, best first, from its windows' logits however they were computed
+        (here, or by a server that batched them with other requests' windows)."""
         per_example: list[list[int]] = [[] for _ in contexts]
         for i, window in enumerate(windows):
             per_example[window.example].append(i)
@@ -223,6 +237,11 @@ class QuestionAnswerer:
                 "run `dtb search` on it first"
             )
         return self.frontier
+
+
+def tokens_per_question(windows: Sequence[Window], questions: int) -> float:
+    """Real tokens per question over all its windows: the length a latency budget is predicted at."""
+    return sum(w.length for w in windows) / max(1, questions)
 
 
 def _normalise_inputs(args: tuple, question, context) -> tuple[list[str], list[str], bool]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import socket
+import typing
 
+from ..serving.settings import ServerSettings, setting_field, setting_names
 from .common import (
     UsageError,
     add_answer_options,
@@ -18,29 +21,58 @@ from .common import (
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
-    serve = commands.add_parser("serve", help="answer over HTTP (Hugging Face inference API shape; see serving.py)")
+    serve = commands.add_parser("serve", help="answer over HTTP (Hugging Face inference API shape; see serving)")
     add_model_args(serve)
     add_device_arg(serve)
     add_precision_arg(serve)
     add_answer_options(serve)  # the defaults every request gets unless it sets its own
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=port_arg, default=8000, help="TCP port, 1-65535 (default 8000)")
+    add_server_settings(serve)
     serve.set_defaults(run=cmd_serve)
+
+
+def add_server_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per `ServerSettings` field, typed, defaulted and explained by the field."""
+    group = parser.add_argument_group("batching and limits")
+    hints = typing.get_type_hints(ServerSettings)
+    for name in setting_names():
+        field = setting_field(name)
+        kind = int if hints[name] is int else float
+        default = "none" if field.default is None else field.default
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=field.default,
+            help=f"{field.metadata['help']} ({default})",
+        )
+
+
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    try:
+        return ServerSettings(**{name: getattr(args, name) for name in setting_names()})
+    except ValueError as e:
+        raise UsageError(f"dtb serve: --{str(e).replace('_', '-')}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
+        for package in ("fastapi", "uvicorn", "prometheus_client"):
+            importlib.import_module(package)
         from ..serving import create_app
+        from ..serving.http_server import serve
     except ImportError as e:
         extra = "pip install 'dynamic-tinybert[serve]'"
         raise UsageError(f"dtb serve needs the serve extra ({e.name} is missing): {extra}") from None
 
+    settings = server_settings(args)
     listening = listening_socket(args.host, args.port)  # a port in use or an unknown host fails before loading
     qa = load_answerer(args, **answer_options(args))  # checked here: a bad default fails before serving
-    config = uvicorn.Config(create_app(qa, name=required_model(args)), host=args.host, port=args.port)
-    uvicorn.Server(config).run(sockets=[listening])
+    try:
+        app = create_app(qa, name=required_model(args), settings=settings)
+    except ValueError as e:
+        raise UsageError(f"dtb serve: {e}") from None
+    serve(app, listening, settings)
     return 0
 
 

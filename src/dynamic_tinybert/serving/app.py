@@ -1,0 +1,405 @@
+"""The HTTP side: validation, limits and errors, admission, and the answer endpoints over the batching loop.
+
+`POST /` (also `/answer`) takes `{"inputs": {"question": ..., "context": ...}, "parameters": {...}}` and
+answers as the transformers question-answering pipeline behind Hugging Face's hosted inference API does:
+`{"answer", "score", "start", "end"}`, a list of those when `top_k` > 1, a list of results for a list of
+inputs. Parameters are the pipeline's plus this project's length choice (`budget`, `latency_ms` or
+`length_config`). Each answer says in headers what ran: `X-Length-Config`, `X-MACs-Ratio` (of the full
+model's MACs on this request's windows) and `X-Queue-Ms`.
+
+A request is checked against the limits, admitted (503 past `--max-queue`), tokenised on a worker thread,
+given its length configuration (its own, the server's default, or with `--slo-ms` the most accurate that
+the queue ahead leaves room for), and submitted to the batching loop; its answers are decoded from the
+logits that come back. `/health`, `/ready` and `/metrics` never wait on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..features import Window
+from ..length_config import LengthConfig, is_full_length
+from ..options import LENGTH_CHOICES, AnswerOptions
+from ..pipeline import QuestionAnswerer, tokens_per_question
+from .batcher import Batcher, Job
+from .load import LoadAdaptiveBudget, WorkModel
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .schema import (
+    ERROR_TYPES,
+    AnswerRequest,
+    AnswerResponse,
+    QuestionContext,
+    error_responses,
+)
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.1  # how often a waiting request checks that its client is still there
+WARM_UP_CONTEXT = "The model answers questions about a text. It is warmed up before the server says it is ready."
+ANSWER_ERRORS = error_responses(400, 408, 413, 415, 422, 499, 503, 504)
+
+
+class ServiceError(Exception):
+    """A request refused or cut short: its status, stable type, one-sentence detail and any headers."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def error_json(status: int, detail: str, errors: list | None = None, headers: dict | None = None) -> JSONResponse:
+    kind = ERROR_TYPES.get(status, ("error", ""))[0]
+    return JSONResponse({"detail": detail, "type": kind, "errors": errors or []}, status, headers=headers)
+
+
+def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettings | None = None) -> FastAPI:
+    """A FastAPI application answering with `qa` under `settings`; `name` is what `/info` calls the model."""
+    settings = settings or ServerSettings()
+    if settings.slo_ms is not None and any(getattr(qa.defaults, n) is not None for n in LENGTH_CHOICES):
+        raise ValueError("--slo-ms chooses each request's length itself: give it, or a default length choice, not both")
+    metrics = ServerMetrics()
+    work = WorkModel(qa.model.config, qa.frontier)
+    adaptive = None if settings.slo_ms is None else LoadAdaptiveBudget(qa.frontier, work, settings.slo_ms)
+    batcher = Batcher(qa, work, metrics, settings.max_batch_tokens, settings.max_wait_ms)
+    workers = anyio.CapacityLimiter(settings.cpu_workers)
+    ready = anyio.Event()
+    admitted = 0
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        await anyio.to_thread.run_sync(warm_up, limiter=workers)
+        ready.set()
+        yield
+        batcher.stop()
+
+    def warm_up() -> None:
+        """Run the model before saying ready: the first passes are slow, and they seed the time predictions."""
+        windows = qa.windows(["What is warmed up?"], [WARM_UP_CONTEXT])
+        for _ in range(3):
+            batcher.submit(windows, None).future.result()
+
+    app = FastAPI(
+        title="dynamic-tinybert",
+        summary="Extractive question answering with a length-adaptive BERT",
+        lifespan=lifespan,
+        docs_url=None,  # the Swagger page loads its scripts from a CDN; /openapi.json is the schema
+        redoc_url=None,
+    )
+    app.add_middleware(
+        RequestGuard, max_body_bytes=settings.max_body_bytes, read_timeout_s=settings.read_timeout_s, metrics=metrics
+    )
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, e: ServiceError) -> JSONResponse:
+        return error_json(e.status, e.detail, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
+        raw = e.errors()
+        if raw and raw[0]["type"] == "json_invalid":
+            return error_json(400, f"the body is not valid JSON: {raw[0].get('ctx', {}).get('error', 'cannot parse')}")
+        errors = field_errors(raw)
+        shown = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}" for err in errors[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        return error_json(422, shown + more, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        detail = {
+            400: "the body could not be read as JSON (too deeply nested, or not text)",
+            413: f"the body is larger than the server's limit of {settings.max_body_bytes} bytes (--max-body-bytes)",
+        }.get(e.status_code, str(e.detail))
+        return error_json(e.status_code, detail, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        return error_json(500, f"internal error ({type(e).__name__}); the server logged it")
+
+    def check_limits(pairs: Sequence[QuestionContext], parameters: dict) -> None:
+        if not pairs:
+            raise ServiceError(422, "inputs: give at least one {question, context}")
+        if len(pairs) > settings.max_inputs:
+            raise ServiceError(
+                422, f"inputs: {len(pairs)} pairs, over the limit of {settings.max_inputs} (--max-inputs)"
+            )
+        for i, pair in enumerate(pairs):
+            for field, limit, flag in (
+                ("question", settings.max_question_chars, "--max-question-chars"),
+                ("context", settings.max_context_chars, "--max-context-chars"),
+            ):
+                text = getattr(pair, field)
+                if len(text) > limit:
+                    raise ServiceError(
+                        422, f"inputs[{i}].{field}: {len(text)} characters, over the limit of {limit} ({flag})"
+                    )
+        if parameters.get("top_k", 0) > settings.max_top_k:
+            raise ServiceError(
+                422, f"parameters.top_k: {parameters['top_k']}, over the limit of {settings.max_top_k} (--max-top-k)"
+            )
+
+    def prepare(pairs: Sequence[QuestionContext], parameters: dict) -> tuple[AnswerOptions, list[Window]]:
+        """The request's options and windows (on a worker thread: tokenising a long context takes a while)."""
+        try:
+            if "length_config" in parameters:
+                parameters = {**parameters, "length_config": LengthConfig.parse(parameters["length_config"])}
+            opts = qa.options(**parameters)
+            windows = qa.windows([p.question for p in pairs], [p.context for p in pairs], **parameters)
+        except ValueError as e:  # so are BudgetError and LengthConfigError
+            raise ServiceError(422, str(e)) from None
+        if len(windows) > settings.max_windows:
+            raise ServiceError(
+                422,
+                f"inputs: the contexts need {len(windows)} model windows at this max_seq_len and doc_stride, "
+                f"over the limit of {settings.max_windows} (--max-windows)",
+            )
+        return opts, windows
+
+    def choose_length(opts: AnswerOptions, windows: list[Window], questions: int, pinned: bool) -> LengthConfig | None:
+        """The request's own or the server's length choice; with --slo-ms and none given, what the load allows."""
+        if adaptive is None or pinned:
+            try:
+                return qa.length_config_for(opts, tokens_per_question(windows, questions))
+            except ValueError as e:
+                raise ServiceError(422, str(e)) from None
+        ahead_ms = batcher.pending_ms()
+        point = adaptive.choose([w.length for w in windows], ahead_ms)
+        if point is None:
+            metrics.shed.labels("slo").inc()
+            retry = adaptive.retry_after_s(ahead_ms)
+            raise ServiceError(
+                503,
+                f"overloaded: no frontier point can answer within the {settings.slo_ms:g} ms SLO behind the "
+                f"{ahead_ms:.0f} ms of work queued; retry in {retry} s",
+                {"Retry-After": str(retry)},
+            )
+        return point.length_config
+
+    async def wait_for(job: Job, request: Request) -> tuple[list, list]:
+        """The job's logits; its queued work is dropped if the client leaves or the time limit cancels us."""
+        future = asyncio.wrap_future(job.future)
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return future.result()
+                if await request.is_disconnected():
+                    metrics.cancelled.labels("disconnect").inc()
+                    raise ServiceError(499, "the client closed the connection before the answer was ready")
+        finally:
+            if not job.future.done():
+                batcher.cancel(job)
+
+    @app.post("/", response_model=AnswerResponse, responses=ANSWER_ERRORS)
+    @app.post("/answer", response_model=AnswerResponse, responses=ANSWER_ERRORS)
+    async def answer(body: AnswerRequest, request: Request, response: Response):
+        """Answer one question about a context, or a list of them."""
+        nonlocal admitted
+        pairs = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+        parameters = body.parameters.model_dump(exclude_none=True)
+        check_limits(pairs, parameters)
+        if admitted >= settings.max_queue:
+            metrics.shed.labels("queue").inc()
+            raise ServiceError(
+                503,
+                f"overloaded: {admitted} requests are queued, the limit (--max-queue); retry in 1 s",
+                {"Retry-After": "1"},
+            )
+        admitted += 1
+        metrics.in_flight.inc()
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(settings.request_timeout_s):
+                opts, windows = await anyio.to_thread.run_sync(prepare, pairs, parameters, limiter=workers)
+                pinned = any(name in parameters for name in LENGTH_CHOICES)
+                length_config = choose_length(opts, windows, len(pairs), pinned)
+                job = batcher.submit(windows, length_config)
+                submitted = time.perf_counter()
+                start_logits, end_logits = await wait_for(job, request)
+                model_ms = 1000.0 * (time.perf_counter() - submitted)
+                contexts = [p.context for p in pairs]
+                results = await anyio.to_thread.run_sync(
+                    qa.decode, windows, contexts, start_logits, end_logits, opts, limiter=workers
+                )
+        except TimeoutError:
+            metrics.cancelled.labels("timeout").inc()
+            raise ServiceError(
+                504,
+                f"the request took longer than the server's limit of {settings.request_timeout_s:g} s "
+                "(--request-timeout-s); its remaining work was dropped",
+            ) from None
+        finally:
+            admitted -= 1
+            metrics.in_flight.dec()
+        work.observe_request(1000.0 * (time.perf_counter() - started), model_ms)
+        metrics.correction.set(work.correction)
+        ratio = work.macs_ratio([w.length for w in windows], length_config)
+        metrics.macs_ratio.observe(ratio)
+        response.headers["X-Length-Config"] = "full" if is_full_length(length_config) else str(length_config)
+        response.headers["X-MACs-Ratio"] = f"{ratio:.4f}"
+        response.headers["X-Queue-Ms"] = f"{job.queue_ms or 0.0:.1f}"
+        answers = [found[0] if len(found) == 1 else found for found in results]
+        return answers if isinstance(body.inputs, list) else answers[0]
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness: the process answers. Never waits on the model."""
+        return {"status": "ok"}
+
+    @app.get("/ready", responses=error_responses(503))
+    async def ready_check() -> dict:
+        """Readiness: the model is loaded and warmed up (503 until then). Never waits on the model."""
+        if not ready.is_set():
+            raise ServiceError(503, "the model is still warming up", {"Retry-After": "1"})
+        return {"status": "ready", "queued_requests": admitted, "pending_ms": round(batcher.pending_ms(), 1)}
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Counters and histograms in the Prometheus text format."""
+        metrics.correction.set(work.correction)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/info")
+    async def info() -> dict:
+        """The model, the server's default options and limits, and the frontier a budget chooses from."""
+        config = qa.model.config
+        frontier = qa.frontier
+        return {
+            "model": public_name(name),
+            "layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size,
+            "token_selection": config.token_selection,
+            "defaults": {
+                key: str(value) if isinstance(value, LengthConfig) else value
+                for key, value in vars(qa.defaults).items()
+            },
+            "limits": vars(settings),
+            "frontier": None
+            if frontier is None
+            else [
+                {
+                    "length_config": str(point.length_config),
+                    "macs_ratio": point.macs_ratio,
+                    "f1": point.f1,
+                    "latency_ms": point.latency_ms,
+                }
+                for point in [*frontier.points, frontier.full]
+            ],
+        }
+
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+    return app
+
+
+def field_errors(raw: list[dict]) -> list[dict]:
+    """Validation errors as `FieldError`s, without the values sent and without the union's bookkeeping.
+
+    `inputs` is one pair or a list of pairs; pydantic reports a bad pair once per form it tried. Only the
+    form the request used is kept, and the forms' names are left out of where the error is.
+    """
+    forms = {"QuestionContext": "list[QuestionContext]", "list[QuestionContext]": "QuestionContext"}
+    tried = {err["loc"][2] for err in raw if len(err["loc"]) > 2 and err["loc"][:2] == ("body", "inputs")}
+    errors = []
+    for err in raw:
+        loc = list(err["loc"])
+        if loc[:2] == ["body", "inputs"] and len(loc) > 2 and loc[2] in forms:
+            if len(loc) == 3 and forms[loc[2]] in tried:  # "not a list" when a pair was sent, or the reverse
+                continue
+            del loc[2]
+        errors.append({"loc": loc, "msg": err["msg"], "type": err["type"]})
+    return errors or [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in raw]
+
+
+def public_name(name: str) -> str:
+    """A model's name without where it lies on the server's disk: a folder's name, or the hub id as given."""
+    path = Path(name)
+    return path.name if path.is_absolute() or path.exists() else name
+
+
+class RequestGuard:
+    """Pure ASGI middleware: counts every request in /metrics, refuses a body over the limit (413, at once
+    when its declared length says so, else as its bytes arrive) or not JSON (415), and drops a client that
+    stalls between parts of its body (408). Errors raised while FastAPI reads the body reach the app's
+    handlers, so every refusal is an `ErrorResponse`."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, read_timeout_s: float, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        route = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        status = 500
+
+        async def counted_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            declared = _header(scope, b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                response = error_json(
+                    413, f"the body is larger than the server's limit of {self.max_body_bytes} bytes (--max-body-bytes)"
+                )
+                return await response(scope, receive, counted_send)
+            if scope["method"] == "POST" and not _is_json(scope):
+                response = error_json(415, "send the body as JSON, with Content-Type: application/json")
+                return await response(scope, receive, counted_send)
+            received = 0
+            body_done = False
+
+            async def guarded_receive() -> Message:
+                nonlocal received, body_done
+                if body_done:
+                    return await receive()
+                try:
+                    with anyio.fail_after(self.read_timeout_s):
+                        message = await receive()
+                except TimeoutError:
+                    raise StarletteHTTPException(408, "the body did not arrive in time") from None
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise StarletteHTTPException(413)
+                body_done = message["type"] != "http.request" or not message.get("more_body", False)
+                return message
+
+            await self.app(scope, guarded_receive, counted_send)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+KNOWN_PATHS = {"/", "/answer", "/health", "/ready", "/metrics", "/info", "/openapi.json"}
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    return next((value for key, value in scope["headers"] if key == name), None)
+
+
+def _is_json(scope: Scope) -> bool:
+    kind = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+    return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))

@@ -1,0 +1,231 @@
+"""The batching loop: one thread owns the model and runs batches gathered across concurrent requests.
+
+As in Text Embeddings Inference, requests never touch the model: the HTTP side tokenises a request into
+windows and submits them as a `Job`; this loop takes windows from the queued jobs into a batch of at most
+`max_batch_tokens` padded tokens, runs it, and hands each job its logits once all its windows are done.
+Only windows under one length configuration share a batch (the oldest job's configuration goes first),
+and jobs take turns, one window each per round, so a request with hundreds of windows shares the model
+with the small ones queued beside it instead of holding it until it is done. Padding never displaces a
+token (`LengthConfig.keep_counts` counts each window's own tokens), so a window's logits are those it
+would get alone, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..features import Window
+from ..length_config import LengthConfig
+from ..pipeline import QuestionAnswerer
+from .load import WorkModel
+from .metrics import ServerMetrics
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's windows on their way through the model."""
+
+    windows: list[Window]
+    length_config: LengthConfig | None
+    window_ms: list[float]  # predicted, uncorrected, per window
+    future: Future = field(default_factory=Future)  # -> (start logits, end logits), one array per window
+    submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when its first window entered the model
+    scheduled: int = 0  # windows taken into a batch so far
+    done: int = 0
+    start_logits: list[np.ndarray | None] = field(default_factory=list)
+    end_logits: list[np.ndarray | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.start_logits = [None] * len(self.windows)
+        self.end_logits = [None] * len(self.windows)
+
+    @property
+    def queue_ms(self) -> float | None:
+        return None if self.started is None else 1000.0 * (self.started - self.submitted)
+
+
+class Batcher:
+    """Runs submitted jobs' windows in token-budgeted batches on one thread; `max_batch_tokens` 0: a job at a time."""
+
+    def __init__(
+        self,
+        qa: QuestionAnswerer,
+        work: WorkModel,
+        metrics: ServerMetrics,
+        max_batch_tokens: int,
+        max_wait_ms: float,
+    ) -> None:
+        self.qa = qa
+        self.work = work
+        self.metrics = metrics
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._jobs: deque[Job] = deque()
+        self._queued_ms = 0.0  # uncorrected predicted work of the windows not yet taken into a batch
+        self._running_ms = 0.0  # ... of the batch in the model now
+        self._running_since = 0.0
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        with self._wake:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._loop, name="dtb-batcher", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in the model, cancel what is still queued, and end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+        with self._wake:
+            for job in self._jobs:
+                job.future.cancel()
+            self._jobs.clear()
+            self._queued_ms = 0.0
+
+    def submit(self, windows: list[Window], length_config: LengthConfig | None) -> Job:
+        """Queue a request's windows; its `future` gives their logits in the order given."""
+        if not windows:
+            raise ValueError("a job needs at least one window")
+        job = Job(windows, length_config, [self.work.window_ms(w.length, length_config) for w in windows])
+        self.start()
+        with self._wake:
+            self._jobs.append(job)
+            self._queued_ms += sum(job.window_ms)
+            self.metrics.queue_windows.inc(len(windows))
+            self._wake.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Drop a job's windows that have not entered the model (its client left, or its time ran out)."""
+        job.future.cancel()
+        with self._wake:
+            if job in self._jobs:
+                self._jobs.remove(job)
+                self._forget_unscheduled(job)
+
+    def pending_ms(self) -> float:
+        """Predicted ms until the model has done everything submitted so far (queued plus the running rest)."""
+        with self._wake:
+            running_left = max(0.0, self._running_ms * self.work.correction - self._elapsed_ms())
+            return self._queued_ms * self.work.correction + running_left
+
+    def _elapsed_ms(self) -> float:
+        return 1000.0 * (time.monotonic() - self._running_since) if self._running_ms else 0.0
+
+    def _forget_unscheduled(self, job: Job) -> None:
+        self._queued_ms -= sum(job.window_ms[job.scheduled :])
+        self.metrics.queue_windows.dec(len(job.windows) - job.scheduled)
+        job.scheduled = len(job.windows)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._jobs and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                self._wait_to_fill()
+                batch = self._take()
+                if not batch:
+                    continue
+                self._running_ms = sum(job.window_ms[i] for job, i in batch)
+                self._running_since = time.monotonic()
+            self._run(batch)
+            with self._wake:
+                self._running_ms = 0.0
+
+    def _wait_to_fill(self) -> None:
+        """Give a batch that is not full up to `max_wait_ms` after its oldest request to gather company."""
+        if not self.max_batch_tokens or not self.max_wait_s:
+            return
+        deadline = self._jobs[0].submitted + self.max_wait_s
+        while not self._stopping and self._queued_tokens() < self.max_batch_tokens:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(left)
+            if not self._jobs:
+                return
+
+    def _queued_tokens(self) -> int:
+        return sum(w.length for job in self._jobs for w in job.windows[job.scheduled :])
+
+    def _take(self) -> list[tuple[Job, int]]:
+        """The next batch: windows of the oldest job's configuration, jobs in turn, within the token budget."""
+        while self._jobs and self._jobs[0].future.cancelled():
+            self._forget_unscheduled(self._jobs.popleft())
+        if not self._jobs:
+            return []
+        config = self._jobs[0].length_config
+        if not self.max_batch_tokens:  # one request at a time: all its windows
+            job = self._jobs.popleft()
+            batch = [(job, i) for i in range(job.scheduled, len(job.windows))]
+        else:
+            batch = self._round_robin([j for j in self._jobs if j.length_config == config and not j.future.cancelled()])
+        now = time.monotonic()
+        for job, i in batch:
+            job.scheduled = max(job.scheduled, i + 1)
+            self._queued_ms -= job.window_ms[i]
+            if job.started is None:
+                job.started = now
+                self.metrics.queue_wait.observe(now - job.submitted)
+        self.metrics.queue_windows.dec(len(batch))
+        for job in {job for job, _ in batch}:
+            if job.scheduled == len(job.windows) and job in self._jobs:
+                self._jobs.remove(job)
+        return batch
+
+    def _round_robin(self, jobs: list[Job]) -> list[tuple[Job, int]]:
+        batch: list[tuple[Job, int]] = []
+        longest = 0
+        next_window = {job: job.scheduled for job in jobs}
+        while True:
+            took = False
+            for job in jobs:
+                i = next_window[job]
+                if i == len(job.windows):
+                    continue
+                length = max(longest, job.windows[i].length)
+                if batch and (len(batch) + 1) * length > self.max_batch_tokens:
+                    return batch
+                batch.append((job, i))
+                next_window[job] = i + 1
+                longest = length
+                took = True
+            if not took:
+                return batch
+
+    def _run(self, batch: list[tuple[Job, int]]) -> None:
+        config = batch[0][0].length_config
+        windows = [job.windows[i] for job, i in batch]
+        started = time.perf_counter()
+        try:
+            size = len(windows) if self.max_batch_tokens else self.qa.defaults.batch_size
+            start_logits, end_logits = self.qa.logits(windows, config, size)
+        except Exception as e:  # the model failed: every request in the batch learns why
+            for job in {job for job, _ in batch}:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        measured_ms = 1000.0 * (time.perf_counter() - started)
+        self.work.observe_batch(sum(job.window_ms[i] for job, i in batch), measured_ms)
+        self.metrics.observe_batch(len(windows), len(windows) * max(w.length for w in windows), measured_ms / 1000)
+        for (job, i), start, end in zip(batch, start_logits, end_logits):
+            job.start_logits[i], job.end_logits[i] = start, end
+            job.done += 1
+            if job.done == len(job.windows) and not job.future.done():
+                job.future.set_result((job.start_logits, job.end_logits))
