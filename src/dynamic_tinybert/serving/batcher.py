@@ -175,7 +175,9 @@ class Batcher:
             job = self._jobs.popleft()
             batch = [(job, i) for i in range(job.scheduled, len(job.windows))]
         else:
-            batch = self._round_robin([j for j in self._jobs if j.length_config == config and not j.future.cancelled()])
+            batch = take_in_turns(
+                [j for j in self._jobs if j.length_config == config and not j.future.cancelled()], self.max_batch_tokens
+            )
         now = time.monotonic()
         for job, i in batch:
             job.scheduled = max(job.scheduled, i + 1)
@@ -188,26 +190,6 @@ class Batcher:
             if job.scheduled == len(job.windows) and job in self._jobs:
                 self._jobs.remove(job)
         return batch
-
-    def _round_robin(self, jobs: list[Job]) -> list[tuple[Job, int]]:
-        batch: list[tuple[Job, int]] = []
-        longest = 0
-        next_window = {job: job.scheduled for job in jobs}
-        while True:
-            took = False
-            for job in jobs:
-                i = next_window[job]
-                if i == len(job.windows):
-                    continue
-                length = max(longest, job.windows[i].length)
-                if batch and (len(batch) + 1) * length > self.max_batch_tokens:
-                    return batch
-                batch.append((job, i))
-                next_window[job] = i + 1
-                longest = length
-                took = True
-            if not took:
-                return batch
 
     def _run(self, batch: list[tuple[Job, int]]) -> None:
         config = batch[0][0].length_config
@@ -229,3 +211,26 @@ class Batcher:
             job.done += 1
             if job.done == len(job.windows) and not job.future.done():
                 job.future.set_result((job.start_logits, job.end_logits))
+
+
+def take_in_turns(jobs: list[Job], max_tokens: int) -> list[tuple[Job, int]]:
+    """(job, window index) pairs for one batch: each job's next window in turn, until the batch would hold
+    more than `max_tokens` padded tokens (its size times its longest window); at least one window."""
+    batch: list[tuple[Job, int]] = []
+    longest = 0
+    next_window = {job: job.scheduled for job in jobs}
+    while True:
+        took = False
+        for job in jobs:
+            i = next_window[job]
+            if i == len(job.windows):
+                continue
+            length = max(longest, job.windows[i].length)
+            if batch and (len(batch) + 1) * length > max_tokens:
+                return batch
+            batch.append((job, i))
+            next_window[job] = i + 1
+            longest = length
+            took = True
+        if not took:
+            return batch

@@ -85,8 +85,8 @@ def raise_descriptor_limit() -> int:
     return soft
 
 
-def serve(app: FastAPI, listening: socket.socket, settings: ServerSettings) -> None:
-    """Serve `app` on an already bound socket until SIGTERM or SIGINT, then drain and return."""
+def build_server(app: FastAPI, settings: ServerSettings) -> uvicorn.Server:
+    """A uvicorn server for `app` with the connection limits of `settings` (not yet running)."""
     raise_descriptor_limit()
     logging.getLogger("asyncio").addFilter(OncePerInterval(ACCEPT_ERROR, ACCEPT_ERROR_EVERY_S))
     protocol = type("Protocol", (HeadTimeoutProtocol,), {"head_timeout_s": settings.read_timeout_s})
@@ -98,9 +98,15 @@ def serve(app: FastAPI, listening: socket.socket, settings: ServerSettings) -> N
         timeout_graceful_shutdown=settings.request_timeout_s,
         log_level="info",
     )
+    return uvicorn.Server(config)
+
+
+def serve(app: FastAPI, listening: socket.socket, settings: ServerSettings) -> None:
+    """Serve `app` on an already bound socket until SIGTERM or SIGINT, then drain and return."""
+    server = build_server(app, settings)
     # uvicorn re-raises the signal it drained on; a drained SIGTERM is a clean exit, so it is absorbed here
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.Server(config).run(sockets=[listening])
+        server.run(sockets=[listening])
     finally:
         signal.signal(signal.SIGTERM, previous)
