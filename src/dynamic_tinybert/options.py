@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from .features import window_defaults
 from .length_config import LengthConfig
 
+MAX_NULL_THRESHOLD = 100.0  # a margin of e^100 already means "never"; beyond it the arithmetic overflows
 LENGTH_CHOICES = ("length_config", "budget", "latency_ms")  # at most one of them; each replaces the others
 
 
@@ -56,6 +57,15 @@ class AnswerOptions:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if (
+            isinstance(self.null_threshold, bool)
+            or not isinstance(self.null_threshold, int | float)
+            or not (abs(self.null_threshold) <= MAX_NULL_THRESHOLD)
+        ):
+            raise ValueError(
+                f"null_threshold must be a number within ±{MAX_NULL_THRESHOLD} (natural-log units), "
+                f"got {self.null_threshold!r}"
+            )
         if self.doc_stride is not None and (not isinstance(self.doc_stride, int) or self.doc_stride < 0):
             raise ValueError(f"doc_stride must be an integer >= 0, got {self.doc_stride!r}")
         if self.length_config is not None and not isinstance(self.length_config, LengthConfig):

@@ -305,6 +305,7 @@ def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettin
         }
 
     app.state.batcher = batcher
+    app.state.work = work
     app.state.metrics = metrics
     return app
 

@@ -50,7 +50,7 @@ Parameters = create_model(
 
 
 class AnswerRequest(Strict):
-    inputs: QuestionContext | list[QuestionContext]
+    inputs: QuestionContext | Annotated[list[QuestionContext], Field(min_length=1)]
     parameters: Parameters = Parameters()
 
 

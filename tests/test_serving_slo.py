@@ -1,0 +1,211 @@
+"""Budgets that follow the load (`dtb serve --slo-ms`), what each answer says ran, /metrics, the schema."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import hypothesis
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
+from test_frontier import FRONTIER, FULL, TIMED, TOP
+
+from dynamic_tinybert import QuestionAnswerer
+from dynamic_tinybert.cli.serve import listening_socket
+from dynamic_tinybert.frontier import BudgetError
+from dynamic_tinybert.serving import ServerSettings, create_app
+from dynamic_tinybert.serving.load import HEADROOM, LoadAdaptiveBudget, WorkModel
+
+PAIR = {"question": "where does alice live ?", "context": "carol lives in rome . alice lives in oslo ."}
+
+
+@pytest.fixture
+def qa(tiny_checkpoint: Path) -> QuestionAnswerer:
+    TIMED.save(tiny_checkpoint)
+    return QuestionAnswerer.from_pretrained(tiny_checkpoint)
+
+
+def budget_for(qa, slo_ms: float) -> LoadAdaptiveBudget:
+    return LoadAdaptiveBudget(qa.frontier, WorkModel(qa.model.config, qa.frontier), slo_ms)
+
+
+def test_an_idle_server_answers_at_full_length_and_a_busier_one_at_cheaper_points(qa):
+    budget = budget_for(qa, slo_ms=10 / HEADROOM)  # 10 ms of room; the timed lines say 4, 3 and 1 ms at 20 tokens
+    chosen = [budget.choose([20], ahead_ms=ahead) for ahead in (0.0, 6.5, 8.5, 9.5)]
+    assert [p.length_config if p else None for p in chosen] == [
+        FULL.length_config,
+        TOP.length_config,
+        TIMED.points[0].length_config,
+        None,  # even the cheapest would miss the SLO: shed
+    ]
+
+
+def test_the_prediction_follows_what_batches_measure(qa):
+    work = WorkModel(qa.model.config, qa.frontier)
+    before = work.predict_ms([20, 20], None)
+    for _ in range(30):
+        work.observe_batch(uncorrected_ms=10.0, measured_ms=5.0)
+    assert work.predict_ms([20, 20], None) == pytest.approx(before / 2, rel=0.01)
+
+
+def test_a_configuration_off_the_frontier_costs_the_full_line_scaled_by_its_macs(qa):
+    work = WorkModel(qa.model.config, qa.frontier)
+    middle = FRONTIER.points[1].length_config  # MID: never timed in TIMED
+    share = work.macs_ratio([20], middle)
+    assert 0 < share < 1 and work.window_ms(20, middle) == pytest.approx(work.window_ms(20, None) * share)
+
+
+def test_slo_needs_a_frontier_and_excludes_a_default_length_choice(tiny_checkpoint: Path):
+    bare = QuestionAnswerer.from_pretrained(tiny_checkpoint)
+    with pytest.raises(BudgetError, match="no frontier"):
+        create_app(bare, settings=ServerSettings(slo_ms=50))
+    FRONTIER.save(tiny_checkpoint)
+    with pytest.raises(ValueError, match="not both"):
+        create_app(QuestionAnswerer.from_pretrained(tiny_checkpoint, budget=0.6), settings=ServerSettings(slo_ms=50))
+
+
+def test_every_answer_says_what_ran_in_its_headers(qa):
+    client = TestClient(create_app(qa))
+    full = client.post("/", json={"inputs": PAIR})
+    assert full.headers["X-Length-Config"] == "full" and full.headers["X-MACs-Ratio"] == "1.0000"
+    assert float(full.headers["X-Queue-Ms"]) >= 0
+    cheap = client.post("/", json={"inputs": PAIR, "parameters": {"length_config": "0.5,0.3,0.2"}})
+    assert cheap.headers["X-Length-Config"] == "0.5,0.3,0.2" and 0 < float(cheap.headers["X-MACs-Ratio"]) < 1
+
+
+def test_past_the_cheapest_point_requests_are_shed_with_retry_after_and_pinned_ones_still_answered(qa):
+    client = TestClient(create_app(qa, settings=ServerSettings(slo_ms=0.001)))
+    shed = client.post("/", json={"inputs": PAIR})
+    assert shed.status_code == 503 and shed.json()["type"] == "overloaded" and "SLO" in shed.json()["detail"]
+    assert int(shed.headers["Retry-After"]) >= 1
+    pinned = client.post("/", json={"inputs": PAIR, "parameters": {"length_config": "1.0,1.0,1.0"}})
+    assert pinned.status_code == 200
+    assert 'dtb_shed_total{reason="slo"} 1.0' in client.get("/metrics").text
+
+
+def test_the_slo_server_moves_to_cheaper_points_as_work_queues_up_and_back_when_it_drains(qa):
+    app = create_app(qa, settings=ServerSettings(slo_ms=10 / HEADROOM))  # 10 ms of room, as above
+    work, batcher = app.state.work, app.state.batcher
+    work.observe_batch = work.observe_request = lambda *args: None  # keep the predictions as the lines say
+    client = TestClient(app)
+    lengths = [w.length for w in qa.windows([PAIR["question"]], [PAIR["context"]])]
+    served = []
+    for ahead in (0.0, 10 - work.predict_ms(lengths, TOP.length_config), 9.99, 0.0):
+        batcher.pending_ms = lambda ahead=ahead: ahead
+        response = client.post("/", json={"inputs": PAIR})
+        served.append(response.headers.get("X-Length-Config", response.status_code))
+    assert served == ["full", str(TOP.length_config), 503, "full"]
+
+
+def test_metrics_are_in_the_prometheus_text_format_with_every_family(qa):
+    client = TestClient(create_app(qa))
+    client.post("/", json={"inputs": PAIR})
+    client.post("/", json={"inputs": []})
+    text = client.get("/metrics").text
+    for family in (
+        'dtb_requests_total{endpoint="/",status="200"} 1.0',
+        'dtb_requests_total{endpoint="/",status="422"} 1.0',
+        "dtb_request_duration_seconds_bucket",
+        "dtb_requests_admitted",
+        "dtb_queue_windows",
+        "dtb_queue_wait_seconds_count",
+        "dtb_batch_windows_count",
+        "dtb_batch_padded_tokens_sum",
+        "dtb_macs_ratio_count 1.0",
+        "dtb_prediction_correction",
+    ):
+        assert family in text, family
+
+
+def test_ready_says_not_yet_until_the_model_is_warmed_up(qa):
+    app = create_app(qa)
+    assert TestClient(app).get("/ready").status_code == 503  # no lifespan: never warmed
+    with TestClient(app) as client:  # the lifespan warms the model up
+        assert client.get("/ready").json()["status"] == "ready"
+
+
+def test_info_names_the_model_without_where_it_lies_on_disk(qa, tiny_checkpoint: Path):
+    info = TestClient(create_app(qa, name=str(tiny_checkpoint.resolve()))).get("/info").json()
+    assert info["model"] == "tiny" and "/" not in info["model"]
+    assert info["limits"]["max_inputs"] == ServerSettings().max_inputs
+
+
+def test_the_schema_documents_every_error_with_the_one_error_shape(qa):
+    schema = TestClient(create_app(qa)).get("/openapi.json").json()
+    responses = schema["paths"]["/"]["post"]["responses"]
+    for status in ("400", "413", "415", "422", "503", "504"):
+        assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert TestClient(create_app(qa)).get("/docs").status_code == 404  # no page that needs a CDN
+
+
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_checkpoint: Path):
+    FRONTIER.save(tiny_checkpoint)
+    probe = listening_socket("127.0.0.1", 0)
+    port = probe.getsockname()[1]
+    probe.close()
+    context = " ".join(["alice lives in oslo ."] * 2000)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dynamic_tinybert.cli", "serve", "--model", str(tiny_checkpoint), "--port", str(port),
+         "--max-seq-len", "40", "--doc-stride", "8", "--max-windows", "5000", "--max-batch-tokens", "64"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        answer: list[httpx.Response] = []
+        request = threading.Thread(
+            target=lambda: answer.append(
+                httpx.post(url, json={"inputs": {"question": "where ?", "context": context}}, timeout=60)
+            )
+        )
+        request.start()
+        time.sleep(0.5)
+        server.send_signal(signal.SIGTERM)
+        request.join(60)
+        code = server.wait(60)
+    finally:
+        server.kill()
+    assert answer and answer[0].status_code == 200
+    assert code == 0
+
+
+@pytest.mark.slow
+def test_fuzzing_the_api_from_its_schema_never_gets_a_5xx_and_every_response_conforms(qa):
+    """schemathesis draws requests from the OpenAPI schema (valid and not) for every operation."""
+    app = create_app(qa, settings=ServerSettings(max_context_chars=5_000))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/", "/answer", "/health", "/ready", "/info", "/metrics"}
+    calls = {mode: 0 for mode in GenerationMode}
+
+    def fuzz(operation, mode: GenerationMode):
+        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+        @hypothesis.settings(max_examples=30, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+        def call(case):
+            calls[mode] += 1
+            # positive data acceptance is left out: a schema cannot say every rule (a length config's
+            # layers, one length choice at most, the server's limits), so a schema-valid request may be a 422
+            case.call_and_validate(excluded_checks=[positive_data_acceptance])
+
+        call()
+
+    for operation in operations:
+        for mode in GenerationMode:
+            if operation.method.upper() == "POST" or mode is GenerationMode.POSITIVE:
+                fuzz(operation, mode)
+    assert calls[GenerationMode.POSITIVE] >= 50 and calls[GenerationMode.NEGATIVE] >= 50, calls
