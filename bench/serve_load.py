@@ -218,7 +218,8 @@ def verdicts(phases: dict[str, Phase], servers: list[dict], slo_ms: float, args,
             "maximal_statuses": {str(s): n for s, n in Counter(o.status or o.error for o in big).items()},
             "maximal_latency_ms": percentiles([o.latency_ms for o in big if o.status == 200])
             | {"max": round(max((o.latency_ms for o in big), default=0.0), 2)},
-            "pass": None if hol_ratio is None else hol_ratio <= HOL_RATIO,
+            # a maximal request refused (413, 503) blocks nothing: the case is shown only if it was answered
+            "pass": None if hol_ratio is None or not any(o.status == 200 for o in big) else hol_ratio <= HOL_RATIO,
         },
         "rss": {s["name"]: rss_verdict(s["rss"]) for s in servers},
     }
