@@ -48,7 +48,15 @@ from dynamic_tinybert.benchmark.load import (
 )
 from dynamic_tinybert.benchmark.provenance import cpu_model
 from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result
-from dynamic_tinybert.benchmark.server import RssSampler, Server, ServerError, serve_flags, served, supported_args
+from dynamic_tinybert.benchmark.server import (
+    RssSampler,
+    Server,
+    ServerError,
+    rss_mib,
+    serve_flags,
+    served,
+    supported_args,
+)
 from dynamic_tinybert.precision import PRECISIONS
 from dynamic_tinybert.squad import SquadQuestion, f1_score, load_squad
 
@@ -85,11 +93,10 @@ class Phase:
 class ServerRun:
     """A started server, its memory sampled, and the phases measured on it."""
 
-    def __init__(
-        self, name: str, server: Server, dropped: list[str], args: argparse.Namespace, requests: Sequence[Request]
-    ) -> None:
-        self.name, self.server, self.dropped, self.args, self.requests = name, server, dropped, args, requests
+    def __init__(self, name: str, server: Server, args: argparse.Namespace, requests: Sequence[Request]) -> None:
+        self.name, self.server, self.args, self.requests = name, server, args, requests
         self.completed = 0
+        self.record: dict = {}  # what the result says of the server, once its phases are done
         self.rss = RssSampler(server.pid, completed=lambda: self.completed)
 
     def done(self, _outcome: Outcome) -> None:
@@ -135,10 +142,17 @@ def server_run(
     kept, dropped = supported_args(wanted, flags)
     print(f"starting the {name} server: dtb serve {shlex.join(kept)}", file=sys.stderr, flush=True)
     with served(kept, model=args.model) as server:
-        run = ServerRun(name, server, dropped, args, requests)
+        run = ServerRun(name, server, args, requests)
         with run.rss:
             asyncio.run(closed_loop(server.url, requests, 1, WARMUP, args.duration_s, args.timeout_s, on_done=run.done))
             yield run
+        run.record = {
+            "name": name,
+            "command": "dtb serve " + shlex.join(server.command[4:]),
+            "dropped_flags": dropped,
+            "running_at_end": rss_mib(server.pid) is not None,  # not crashed, nor killed for memory
+            "rss": run.rss.summary(RSS_AFTER),
+        }
 
 
 def question_order(questions: Sequence[SquadQuestion], seed: int) -> list[SquadQuestion]:
@@ -243,20 +257,10 @@ def measure(args: argparse.Namespace) -> dict:
     phases: dict[str, Phase] = {}
     servers: list[dict] = []
 
-    def finish(run: ServerRun) -> None:
-        servers.append(
-            {
-                "name": run.name,
-                "command": "dtb serve " + shlex.join(run.server.command[4:]),
-                "dropped_flags": run.dropped,
-            }
-            | {"rss": run.rss.summary(RSS_AFTER)}
-        )
-
     with server_run("one-at-a-time", [*common, *ONE_AT_A_TIME], args, flags, requests) as run:
         phases["sequential"] = run.closed("sequential", 1, args.sequential_requests)
         phases["one at a time"] = run.closed("one at a time", args.clients, args.requests)
-    finish(run)
+    servers.append(run.record)
     single_p50 = summarise(phases["sequential"].outcomes)["latency_ms"]["p50"]
     if args.slo_ms is None and single_p50 is None:
         raise SystemExit("error: the sequential requests got no answers, so there is no SLO to derive: give --slo-ms")
@@ -274,11 +278,11 @@ def measure(args: argparse.Namespace) -> dict:
             args.rate = args.rate_fraction * rps
         arrivals = poisson_arrivals(args.rate, args.open_requests or args.requests, seed=args.seed)
         phases["full length, open loop"] = run.open("full length, open loop", arrivals)
-    finish(run)
+    servers.append(run.record)
 
     with server_run("batched with SLO", [*common, *with_slo(slo_ms)], args, flags, requests) as run:
         phases["SLO, open loop"] = run.open("SLO, open loop", arrivals)
-    finish(run)
+    servers.append(run.record)
 
     for phase in phases.values():
         normal = [o for o in phase.outcomes if o.client < args.clients]  # without the maximal request's client
@@ -318,6 +322,9 @@ def markdown(result: dict) -> str:
     dropped = sorted({flag for s in result["servers"] for flag in s["dropped_flags"]})
     if dropped:
         lines += ["", f"**This dtb serve lacks {', '.join(dropped)}: dropped, so those scenarios ran without them.**"]
+    gone = [s["name"] for s in result["servers"] if not s["running_at_end"]]
+    if gone:
+        lines += ["", f"**The {', '.join(gone)} server had exited before the end of its scenarios.**"]
     if not v["issue_size"]:
         lines += ["", f"Smaller than the issue asks ({ISSUE_CLIENTS} clients, {ISSUE_REQUESTS} requests)."]
     lines += [
