@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic import synthetic_dataset, write_squad_file
+from test_frontier import TIMED
 
 from dynamic_tinybert.benchmark.provenance import provenance_line
 from dynamic_tinybert.benchmark.results import write_result
@@ -60,6 +61,7 @@ def test_write_result_puts_the_line_beneath_the_title_and_keeps_the_data(tmp_pat
 
 @pytest.mark.slow  # three servers started, each loading a model: 10-30 s
 def test_serve_load_runs_tiny_against_the_server_and_writes_every_scenario_and_verdict(tiny_checkpoint, tmp_path):
+    TIMED.save(tiny_checkpoint)  # a frontier with latencies, for the server that holds an SLO to choose from
     data = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")
     output = tmp_path / "load"
     sizes = ["--clients", "2", "--requests", "12", "--sequential-requests", "4", "--open-requests", "8"]
