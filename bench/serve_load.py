@@ -58,7 +58,7 @@ from dynamic_tinybert.benchmark.server import (
     supported_args,
 )
 from dynamic_tinybert.precision import PRECISIONS
-from dynamic_tinybert.squad import SquadQuestion, f1_score, load_squad
+from dynamic_tinybert.squad import SquadDataset, SquadQuestion, f1_score, load_squad
 
 # The servers compared, as `dtb serve` arguments (beside --threads, --precision, --max-context-chars, --server-args).
 ONE_AT_A_TIME = ["--max-batch-tokens", "0"]  # the server as it was: one request at a time
@@ -245,9 +245,8 @@ def rss_verdict(rss: dict) -> dict:
     return {"growth_mib": growth, "pass": None if growth is None else end <= warmed * (1 + RSS_GROWTH_LIMIT)}
 
 
-def measure(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace, dataset: SquadDataset) -> dict:
     flags = serve_flags()
-    dataset = load_squad(args.data)
     questions = question_order(dataset.questions, args.seed)
     requests = [Request(q.id, body(q.question, q.context)) for q in questions]
     gold = {q.id: q.answers for q in dataset.questions}
@@ -434,7 +433,11 @@ def main() -> None:
     add_run_args(parser, threads=2, output_required=False)  # the servers' threads
     args = parse_args(parser)
     try:
-        result = measure(args)
+        dataset = load_squad(args.data)
+    except (OSError, ValueError) as e:  # missing, or not a SQuAD file
+        raise SystemExit(f"error: --data: {e}") from None
+    try:
+        result = measure(args, dataset)
     except ServerError as e:
         raise SystemExit(f"error: {e}") from None
     show_result(args.output, markdown(result), result, checkpoint.resolve(args.model))
