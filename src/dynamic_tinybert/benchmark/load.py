@@ -69,7 +69,8 @@ def poisson_arrivals(rate: float, count: int, seed: int = 0) -> list[float]:
 def client(connections: int, timeout_s: float, transport=None) -> httpx.AsyncClient:
     """One pool of at most `connections` kept-alive connections, each request given `timeout_s`."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=4.0)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout_s), transport=transport)
+    # trust_env=False: no proxy from the environment between the load and a server on loopback
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout_s), transport=transport, trust_env=False)
 
 
 async def send(
