@@ -13,52 +13,20 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer, checkpoint
 from dynamic_tinybert.benchmark.provenance import cpu_model
 from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result
+from dynamic_tinybert.benchmark.server import served
 from dynamic_tinybert.latency import evenly_spaced
 from dynamic_tinybert.squad import load_squad
 
 WARMUP = 5
 ROUNDS = 2  # in process, then over HTTP, twice: alternating per question, each side's idle OpenMP
 # threads spin on the cores the other side needs next, which inflated HTTP's cost 2-3x
-
-
-@contextmanager
-def served(model: str | None, threads: int) -> Iterator[int]:
-    """`dtb serve` for `model` on a free local port; yields the port once it answers /health."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "dynamic_tinybert.cli", "serve", "--port", str(port), "--threads", str(threads)]
-    command += [] if model is None else ["--model", model]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise SystemExit(f"dtb serve exited: {server.stderr.read().decode()[-2000:]}") from None
-                if time.monotonic() > deadline:
-                    raise SystemExit("dtb serve did not answer /health within 120 s") from None
-                time.sleep(0.2)
-        yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def post(connection: http.client.HTTPConnection, question: str, context: str, parameters: dict) -> dict:
@@ -86,8 +54,8 @@ def main() -> None:
     questions = evenly_spaced(load_squad(args.data).questions, args.questions)
     parameters = {} if args.length_config is None else {"length_config": args.length_config}  # JSON: the text
     options = {} if args.length_config is None else {"length_config": LengthConfig.parse(args.length_config)}
-    with served(args.model, args.threads) as port:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    with served(["--threads", str(args.threads)], model=args.model) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         paths = {
             "in process": lambda q: qa(question=q.question, context=q.context, **options),
             "over HTTP": lambda q: post(connection, q.question, q.context, parameters),

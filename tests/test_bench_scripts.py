@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic import synthetic_dataset, write_squad_file
+from test_frontier import TIMED
 
 from dynamic_tinybert.benchmark.provenance import provenance_line
 from dynamic_tinybert.benchmark.results import write_result
@@ -56,3 +57,38 @@ def test_write_result_puts_the_line_beneath_the_title_and_keeps_the_data(tmp_pat
     assert data["rows"] == [1]
     check_provenance(data["provenance"], None)
     assert md.read_text() == f"# Title\n\n{provenance_line(data['provenance'])}\n\n| a |\n|---|\n| 1 |\n"
+
+
+@pytest.mark.slow  # three servers started, each loading a model: 10-30 s
+def test_serve_load_runs_tiny_against_the_server_and_writes_every_scenario_and_verdict(tiny_checkpoint, tmp_path):
+    TIMED.save(tiny_checkpoint)  # a frontier with latencies, for the server that holds an SLO to choose from
+    data = write_squad_file(synthetic_dataset(8, seed=2), tmp_path / "dev.json")
+    output = tmp_path / "load"
+    sizes = ["--clients", "2", "--requests", "12", "--sequential-requests", "4", "--open-requests", "8"]
+    command = [sys.executable, "bench/serve_load.py", "--model", str(tiny_checkpoint), "--data", str(data)]
+    command += [*sizes, "--max-context-chars", "1000", "--duration-s", "30", "--threads", "1", "--output", str(output)]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(output.with_suffix(".json").read_text())
+    check_provenance(result["provenance"], tiny_checkpoint)
+    assert result["command"].startswith("python bench/serve_load.py --model")
+    scenarios = {s["name"]: s for s in result["scenarios"]}
+    assert list(scenarios) == [
+        "sequential",
+        "one at a time",
+        "batched",
+        "batched + maximal request",
+        "full length, open loop",
+        "SLO, open loop",
+    ]
+    assert scenarios["one at a time"]["requests"] == 12 and scenarios["one at a time"]["5xx"] == 0
+    for scenario in scenarios.values():
+        assert {"ok", "4xx", "5xx", "shed_503", "throughput_rps", "latency_ms", "f1_served"} <= scenario.keys()
+        assert scenario["ok"] + scenario["shed_503"] == scenario["requests"]  # answered, or shed to hold the SLO
+        assert {"p50", "p95", "p99"} == scenario["latency_ms"].keys()
+    verdicts = result["verdicts"]
+    assert {"throughput", "slo", "head_of_line", "rss"} <= verdicts.keys()
+    assert verdicts["throughput"]["ratio"] > 0 and verdicts["slo"]["slo_ms"] > 0
+    assert verdicts["head_of_line"]["maximal_statuses"] == {"200": verdicts["head_of_line"]["maximal_requests"]}
+    assert [s["name"] for s in result["servers"]] == ["one-at-a-time", "batched", "batched with SLO"]
+    assert all(s["rss"]["peak_mib"] > 0 for s in result["servers"])
