@@ -14,8 +14,7 @@ Real SQuAD dev questions, sent from one asyncio process (httpx2) to `dtb serve` 
    how many it shed (503), the MACs and length configs it chose, and the F1 of its answers against the full
    length server's on the same requests.
 
-The resident memory of each server is sampled every 0.5 s. Flags this `dtb serve` does not have are dropped
-and named in the result. Prints the tables and verdicts; with --output writes them and JSON.
+The resident memory of each server is sampled every 0.5 s. Prints the tables and verdicts; with --output writes them and JSON.
 
     python bench/serve_load.py --threads 2 --output bench/results/serve-load
 """
@@ -53,9 +52,7 @@ from dynamic_tinybert.benchmark.server import (
     Server,
     ServerError,
     rss_mib,
-    serve_flags,
     served,
-    supported_args,
 )
 from dynamic_tinybert.precision import PRECISIONS
 from dynamic_tinybert.squad import SquadDataset, SquadQuestion, f1_score, load_squad
@@ -136,12 +133,11 @@ class ServerRun:
 
 @contextmanager
 def server_run(
-    name: str, wanted: list[str], args: argparse.Namespace, flags: frozenset[str], requests: Sequence[Request]
+    name: str, wanted: list[str], args: argparse.Namespace, requests: Sequence[Request]
 ) -> Iterator[ServerRun]:
     """`dtb serve` with the `wanted` arguments it has, warmed with WARMUP requests, memory sampled throughout."""
-    kept, dropped = supported_args(wanted, flags)
-    print(f"starting the {name} server: dtb serve {shlex.join(kept)}", file=sys.stderr, flush=True)
-    with served(kept, model=args.model) as server:
+    print(f"starting the {name} server: dtb serve {shlex.join(wanted)}", file=sys.stderr, flush=True)
+    with served(wanted, model=args.model) as server:
         run = ServerRun(name, server, args, requests)
         with run.rss:
             asyncio.run(closed_loop(server.url, requests, 1, WARMUP, args.duration_s, args.timeout_s, on_done=run.done))
@@ -149,7 +145,6 @@ def server_run(
         run.record = {
             "name": name,
             "command": "dtb serve " + shlex.join(server.command[4:]),
-            "dropped_flags": dropped,
             "running_at_end": rss_mib(server.pid) is not None,  # not crashed, nor killed for memory
             "rss": run.rss.summary(RSS_AFTER),
         }
@@ -246,7 +241,6 @@ def rss_verdict(rss: dict) -> dict:
 
 
 def measure(args: argparse.Namespace, dataset: SquadDataset) -> dict:
-    flags = serve_flags()
     questions = question_order(dataset.questions, args.seed)
     requests = [Request(q.id, body(q.question, q.context)) for q in questions]
     gold = {q.id: q.answers for q in dataset.questions}
@@ -256,7 +250,7 @@ def measure(args: argparse.Namespace, dataset: SquadDataset) -> dict:
     phases: dict[str, Phase] = {}
     servers: list[dict] = []
 
-    with server_run("one-at-a-time", [*common, *ONE_AT_A_TIME], args, flags, requests) as run:
+    with server_run("one-at-a-time", [*common, *ONE_AT_A_TIME], args, requests) as run:
         phases["sequential"] = run.closed("sequential", 1, args.sequential_requests)
         phases["one at a time"] = run.closed("one at a time", args.clients, args.requests)
     servers.append(run.record)
@@ -265,7 +259,7 @@ def measure(args: argparse.Namespace, dataset: SquadDataset) -> dict:
         raise SystemExit("error: the sequential requests got no answers, so there is no SLO to derive: give --slo-ms")
     slo_ms = args.slo_ms or args.slo_factor * single_p50
 
-    with server_run("batched", [*common, *BATCHED], args, flags, requests) as run:
+    with server_run("batched", [*common, *BATCHED], args, requests) as run:
         phases["batched"] = run.closed("batched", args.clients, args.requests)
         phases["batched + maximal request"] = run.closed(
             "batched + maximal request", args.clients, args.requests, repeating=big
@@ -279,7 +273,7 @@ def measure(args: argparse.Namespace, dataset: SquadDataset) -> dict:
         phases["full length, open loop"] = run.open("full length, open loop", arrivals)
     servers.append(run.record)
 
-    with server_run("batched with SLO", [*common, *with_slo(slo_ms)], args, flags, requests) as run:
+    with server_run("batched with SLO", [*common, *with_slo(slo_ms)], args, requests) as run:
         phases["SLO, open loop"] = run.open("SLO, open loop", arrivals)
     servers.append(run.record)
 
@@ -318,9 +312,6 @@ def markdown(result: dict) -> str:
         f"{result['data']}; {result['clients']} clients; {result['machine']}. Single question (one client, "
         f"sequential, one-at-a-time server): p50 {cell(result['single_question_p50_ms'])} ms.",
     ]
-    dropped = sorted({flag for s in result["servers"] for flag in s["dropped_flags"]})
-    if dropped:
-        lines += ["", f"**This dtb serve lacks {', '.join(dropped)}: dropped, so those scenarios ran without them.**"]
     gone = [s["name"] for s in result["servers"] if not s["running_at_end"]]
     if gone:
         lines += ["", f"**The {', '.join(gone)} server had exited before the end of its scenarios.**"]

@@ -23,7 +23,7 @@ from dynamic_tinybert.benchmark.load import (
     poisson_arrivals,
     summarise,
 )
-from dynamic_tinybert.benchmark.server import RssSampler, rss_mib, supported_args
+from dynamic_tinybert.benchmark.server import RssSampler, rss_mib
 
 URL = "http://127.0.0.1:1/"
 REQUESTS = [Request(f"q{i}", body(f"question {i}?", f"context {i}")) for i in range(3)]
@@ -137,15 +137,6 @@ def test_poisson_arrivals_come_at_the_rate_asked_in_increasing_order():
 def test_poisson_arrivals_refuse_a_rate_that_is_not_positive():
     with pytest.raises(ValueError, match="rate must be > 0"):
         poisson_arrivals(0.0, 10)
-
-
-def test_supported_args_drops_the_flags_a_server_lacks_with_their_values():
-    kept, dropped = supported_args(
-        ["--threads", "2", "--max-batch-tokens", "0", "--slo-ms", "40.0", "--precision", "bf16"],
-        frozenset({"--threads", "--precision"}),
-    )
-    assert kept == ["--threads", "2", "--precision", "bf16"]
-    assert dropped == ["--max-batch-tokens", "--slo-ms"]
 
 
 def test_rss_sampler_records_the_memory_at_start_after_the_first_requests_peak_and_end():

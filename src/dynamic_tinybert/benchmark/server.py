@@ -5,9 +5,6 @@ is ready, its resident memory sampled while it runs, stopped at the end whatever
         with RssSampler(server.pid, completed=lambda: done) as rss:
             ...  # requests to server.url
         rss.summary()
-
-`supported_args` lets a benchmark written for newer server options run against a server that lacks some:
-it drops the flags `dtb serve --help` does not list, and says which.
 """
 
 from __future__ import annotations
@@ -53,30 +50,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def serve_flags() -> frozenset[str]:
-    """The `--flags` this installation's `dtb serve --help` lists."""
-    run = subprocess.run([*SERVE, "--help"], capture_output=True, text=True, timeout=120)
-    if run.returncode != 0:
-        raise ServerError(f"dtb serve --help failed: {run.stderr.strip()[-2000:]}")
-    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", run.stdout))
-
-
-def supported_args(args: Sequence[str], flags: frozenset[str]) -> tuple[list[str], list[str]]:
-    """(`args` less the flags not in `flags`, the flags dropped). A flag's values are the arguments after it
-    up to the next `--flag`."""
-    kept: list[str] = []
-    dropped: list[str] = []
-    keeping = True
-    for arg in args:
-        if arg.startswith("--"):
-            keeping = arg.split("=", 1)[0] in flags
-            if not keeping:
-                dropped.append(arg)
-        if keeping:
-            kept.append(arg)
-    return kept, dropped
 
 
 @contextmanager
