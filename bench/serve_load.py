@@ -14,7 +14,8 @@ Real SQuAD dev questions, sent from one asyncio process (httpx2) to `dtb serve` 
    how many it shed (503), the MACs and length configs it chose, and the F1 of its answers against the full
    length server's on the same requests.
 
-The resident memory of each server is sampled every 0.5 s. Prints the tables and verdicts; with --output writes them and JSON.
+The resident memory of each server is sampled every 0.5 s. Prints the tables and verdicts; with --output
+writes them and JSON.
 
     python bench/serve_load.py --threads 2 --output bench/results/serve-load
 """
