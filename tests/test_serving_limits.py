@@ -247,3 +247,27 @@ def test_the_server_is_healthy_after_the_hostile_cases(qa):
     for raw in ("[" * 100_000, '{"inputs": {"question": "\\ud800", "context": "x"}}', "{" * 10):
         client.post("/", content=raw, headers={"Content-Type": "application/json"})
     assert client.post("/", json={"inputs": PAIR}).status_code == 200
+
+
+def test_an_accept_error_that_repeats_is_logged_once_per_interval_without_its_traceback():
+    import logging
+
+    from dynamic_tinybert.serving.http_server import ACCEPT_ERROR, OncePerInterval
+
+    once = OncePerInterval(ACCEPT_ERROR, interval_s=60)
+
+    def record(message: str) -> logging.LogRecord:
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError:
+            import sys
+
+            return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, (), sys.exc_info())
+
+    first = record(ACCEPT_ERROR + "\nsocket: <...>")
+    assert once.filter(first) and first.exc_info is None
+    assert not any(once.filter(record(ACCEPT_ERROR)) for _ in range(1000))
+    assert once.filter(record("another error"))  # other messages pass untouched
+    once.last -= 61
+    later = record(ACCEPT_ERROR)
+    assert once.filter(later) and "1000 more" in later.getMessage()
