@@ -107,7 +107,7 @@ def test_a_request_overrides_the_servers_default_length_choice(tiny_checkpoint: 
         ({"inputs": PAIR, "parameters": {"budget": 0.6, "latency_ms": 5}}, ["only one of", "budget and latency_ms"]),
         ({"inputs": PAIR, "parameters": {"budget": 0.1}}, ["budget"]),
         ({"inputs": {"question": "", "context": CONTEXT}}, ["question"]),
-        ({"inputs": []}, ["inputs", "at least one"]),
+        ({"inputs": []}, ["inputs", "at least 1 item"]),
     ],
 )
 def test_bad_requests_are_422_naming_the_problem(client, body, fragments):

@@ -22,7 +22,7 @@ from dynamic_tinybert import QuestionAnswerer
 from dynamic_tinybert.cli.serve import listening_socket
 from dynamic_tinybert.frontier import BudgetError
 from dynamic_tinybert.serving import ServerSettings, create_app
-from dynamic_tinybert.serving.load import HEADROOM, LoadAdaptiveBudget, WorkModel
+from dynamic_tinybert.serving.load import HEADROOM, LoadAdaptiveBudget, Pending, WorkModel
 
 PAIR = {"question": "where does alice live ?", "context": "carol lives in rome . alice lives in oslo ."}
 
@@ -39,7 +39,7 @@ def budget_for(qa, slo_ms: float) -> LoadAdaptiveBudget:
 
 def test_an_idle_server_answers_at_full_length_and_a_busier_one_at_cheaper_points(qa):
     budget = budget_for(qa, slo_ms=10 / HEADROOM)  # 10 ms of room; the timed lines say 4, 3 and 1 ms at 20 tokens
-    chosen = [budget.choose([20], ahead_ms=ahead) for ahead in (0.0, 6.5, 8.5, 9.5)]
+    chosen = [budget.choose([20], Pending(ahead, windows=0, running_ms=0.0)) for ahead in (0.0, 6.5, 8.5, 9.5)]
     assert [p.length_config if p else None for p in chosen] == [
         FULL.length_config,
         TOP.length_config,
@@ -48,12 +48,26 @@ def test_an_idle_server_answers_at_full_length_and_a_busier_one_at_cheaper_point
     ]
 
 
-def test_the_prediction_follows_what_batches_measure(qa):
+def test_the_prediction_follows_what_batches_of_each_size_measure(qa):
     work = WorkModel(qa.model.config, qa.frontier)
-    before = work.predict_ms([20, 20], None)
+    one, sixteen = work.predict_ms([20], None), work.predict_ms([20] * 16, None)
     for _ in range(30):
-        work.observe_batch(uncorrected_ms=10.0, measured_ms=5.0)
-    assert work.predict_ms([20, 20], None) == pytest.approx(before / 2, rel=0.01)
+        work.observe_batch(1, uncorrected_ms=10.0, measured_ms=20.0)  # alone: slower than the line says
+        work.observe_batch(16, uncorrected_ms=160.0, measured_ms=40.0)  # batched: each window far cheaper
+    assert work.predict_ms([20], None) == pytest.approx(one * 2, rel=0.01)
+    assert work.predict_ms([20] * 16, None) == pytest.approx(sixteen / 4, rel=0.01)
+    assert work.correction(3) == pytest.approx(2.0, rel=0.01)  # an unmeasured size borrows the nearest
+
+
+def test_the_work_ahead_runs_in_one_batch_with_the_request_at_that_sizes_correction(qa):
+    work = WorkModel(qa.model.config, qa.frontier)
+    for _ in range(30):
+        work.observe_batch(1, 10.0, 20.0)
+        work.observe_batch(16, 160.0, 40.0)
+    budget = LoadAdaptiveBudget(qa.frontier, work, slo_ms=25 / HEADROOM)  # 25 ms of room
+    # 15 windows queued (60 ms by the lines) plus this one: a batch of 16 at a quarter of the lines' time
+    assert budget.choose([20], Pending(queued_ms=60.0, windows=15, running_ms=0.0)).length_config == FULL.length_config
+    assert budget.choose([20], Pending(queued_ms=60.0, windows=15, running_ms=20.0)) is None
 
 
 def test_a_configuration_off_the_frontier_costs_the_full_line_scaled_by_its_macs(qa):
@@ -99,7 +113,7 @@ def test_the_slo_server_moves_to_cheaper_points_as_work_queues_up_and_back_when_
     lengths = [w.length for w in qa.windows([PAIR["question"]], [PAIR["context"]])]
     served = []
     for ahead in (0.0, 10 - work.predict_ms(lengths, TOP.length_config), 9.99, 0.0):
-        batcher.pending_ms = lambda ahead=ahead: ahead
+        batcher.pending = lambda ahead=ahead: Pending(ahead, windows=0, running_ms=0.0)
         response = client.post("/", json={"inputs": PAIR})
         served.append(response.headers.get("X-Length-Config", response.status_code))
     assert served == ["full", str(TOP.length_config), 503, "full"]
@@ -120,7 +134,7 @@ def test_metrics_are_in_the_prometheus_text_format_with_every_family(qa):
         "dtb_batch_windows_count",
         "dtb_batch_padded_tokens_sum",
         "dtb_macs_ratio_count 1.0",
-        "dtb_prediction_correction",
+        'dtb_prediction_correction{batch="1"}',
     ):
         assert family in text, family
 

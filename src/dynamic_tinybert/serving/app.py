@@ -179,10 +179,11 @@ def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettin
                 return qa.length_config_for(opts, tokens_per_question(windows, questions))
             except ValueError as e:
                 raise ServiceError(422, str(e)) from None
-        ahead_ms = batcher.pending_ms()
-        point = adaptive.choose([w.length for w in windows], ahead_ms)
+        pending = batcher.pending()
+        point = adaptive.choose([w.length for w in windows], pending)
         if point is None:
             metrics.shed.labels("slo").inc()
+            ahead_ms = pending.total_ms(work)
             retry = adaptive.retry_after_s(ahead_ms)
             raise ServiceError(
                 503,
@@ -249,7 +250,6 @@ def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettin
             admitted -= 1
             metrics.in_flight.dec()
         work.observe_request(1000.0 * (time.perf_counter() - started), model_ms)
-        metrics.correction.set(work.correction)
         ratio = work.macs_ratio([w.length for w in windows], length_config)
         metrics.macs_ratio.observe(ratio)
         response.headers["X-Length-Config"] = "full" if is_full_length(length_config) else str(length_config)
@@ -268,12 +268,15 @@ def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettin
         """Readiness: the model is loaded and warmed up (503 until then). Never waits on the model."""
         if not ready.is_set():
             raise ServiceError(503, "the model is still warming up", {"Retry-After": "1"})
-        return {"status": "ready", "queued_requests": admitted, "pending_ms": round(batcher.pending_ms(), 1)}
+        return {
+            "status": "ready",
+            "queued_requests": admitted,
+            "pending_ms": round(batcher.pending().total_ms(work), 1),
+        }
 
     @app.get("/metrics", response_class=Response)
     async def prometheus_metrics() -> Response:
         """Counters and histograms in the Prometheus text format."""
-        metrics.correction.set(work.correction)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/info")

@@ -23,7 +23,7 @@ import numpy as np
 from ..features import Window
 from ..length_config import LengthConfig
 from ..pipeline import QuestionAnswerer
-from .load import WorkModel
+from .load import Pending, WorkModel, batch_class_floor
 from .metrics import ServerMetrics
 
 
@@ -70,6 +70,7 @@ class Batcher:
         self._jobs: deque[Job] = deque()
         self._queued_ms = 0.0  # uncorrected predicted work of the windows not yet taken into a batch
         self._running_ms = 0.0  # ... of the batch in the model now
+        self._running_windows = 0
         self._running_since = 0.0
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -117,11 +118,12 @@ class Batcher:
                 self._jobs.remove(job)
                 self._forget_unscheduled(job)
 
-    def pending_ms(self) -> float:
-        """Predicted ms until the model has done everything submitted so far (queued plus the running rest)."""
+    def pending(self) -> Pending:
+        """The work a request submitted now would queue behind: queued windows and the running batch's rest."""
         with self._wake:
-            running_left = max(0.0, self._running_ms * self.work.correction - self._elapsed_ms())
-            return self._queued_ms * self.work.correction + running_left
+            windows = sum(len(job.windows) - job.scheduled for job in self._jobs)
+            running = self._running_ms * self.work.correction(self._running_windows) - self._elapsed_ms()
+            return Pending(self._queued_ms, windows, max(0.0, running))
 
     def _elapsed_ms(self) -> float:
         return 1000.0 * (time.monotonic() - self._running_since) if self._running_ms else 0.0
@@ -143,6 +145,7 @@ class Batcher:
                 if not batch:
                     continue
                 self._running_ms = sum(job.window_ms[i] for job, i in batch)
+                self._running_windows = len(batch)
                 self._running_since = time.monotonic()
             self._run(batch)
             with self._wake:
@@ -204,7 +207,8 @@ class Batcher:
                     job.future.set_exception(e)
             return
         measured_ms = 1000.0 * (time.perf_counter() - started)
-        self.work.observe_batch(sum(job.window_ms[i] for job, i in batch), measured_ms)
+        self.work.observe_batch(len(windows), sum(job.window_ms[i] for job, i in batch), measured_ms)
+        self.metrics.correction.labels(str(batch_class_floor(len(windows)))).set(self.work.correction(len(windows)))
         self.metrics.observe_batch(len(windows), len(windows) * max(w.length for w in windows), measured_ms / 1000)
         for (job, i), start, end in zip(batch, start_logits, end_logits):
             job.start_logits[i], job.end_logits[i] = start, end

@@ -58,7 +58,10 @@ class ServerMetrics:
             "dtb_cancelled", "requests whose queued work was dropped, by reason", ["reason"], registry=r
         )
         self.correction = Gauge(
-            "dtb_prediction_correction", "measured over predicted model time of recent batches", registry=r
+            "dtb_prediction_correction",
+            "measured over predicted model time of recent batches, by batch size class (its smallest size)",
+            ["batch"],
+            registry=r,
         )
 
     def observe_batch(self, windows: int, padded_tokens: int, seconds: float) -> None:
