@@ -134,8 +134,6 @@ def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettin
         return error_json(500, f"internal error ({type(e).__name__}); the server logged it")
 
     def check_limits(pairs: Sequence[QuestionContext], parameters: dict) -> None:
-        if not pairs:
-            raise ServiceError(422, "inputs: give at least one {question, context}")
         if len(pairs) > settings.max_inputs:
             raise ServiceError(
                 422, f"inputs: {len(pairs)} pairs, over the limit of {settings.max_inputs} (--max-inputs)"
