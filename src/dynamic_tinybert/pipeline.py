@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from . import checkpoint
+from . import checkpoint, reading
 from .decoding import decode_answers
 from .features import Window, batches, make_windows
 from .frontier import BudgetError, Frontier, load_frontier
@@ -26,6 +26,7 @@ from .length_config import LengthConfig
 from .model import BertForQuestionAnswering
 from .options import AnswerOptions
 from .precision import with_precision
+from .reading import ScoreCalibration, load_score_calibration
 
 
 @dataclass
@@ -46,11 +47,17 @@ class QuestionAnswerer:
     """
 
     def __init__(
-        self, model: BertForQuestionAnswering, tokenizer: Tokenizer, frontier: Frontier | None = None, **defaults
+        self,
+        model: BertForQuestionAnswering,
+        tokenizer: Tokenizer,
+        frontier: Frontier | None = None,
+        score_calibration: ScoreCalibration | None = None,
+        **defaults,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.frontier = frontier
+        self.score_calibration = score_calibration or ScoreCalibration()  # for `read`: scores across documents
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self.defaults = AnswerOptions(**defaults)
         checked = self.options()  # a bad default fails here, not at the first call
@@ -72,7 +79,13 @@ class QuestionAnswerer:
         """
         directory = checkpoint.resolve(path_or_id, revision)
         model = with_precision(checkpoint.load_model(directory).to(device), precision)
-        return cls(model, checkpoint.load_tokenizer(directory), load_frontier(directory), **defaults)
+        return cls(
+            model,
+            checkpoint.load_tokenizer(directory),
+            load_frontier(directory),
+            load_score_calibration(directory),
+            **defaults,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -99,6 +112,20 @@ class QuestionAnswerer:
         opts = self.options(**options)
         windows = self._windows(questions, contexts, opts)
         return Answers(self._answer(windows, contexts, opts, progress), windows)
+
+    def read(self, question: str, documents: Sequence, top_k: int = 5, **options) -> dict:
+        """Answer one question from many documents: the `top_k` answers across all of them, best first.
+
+        `documents`: strings, or {"id", "text", "meta"} dicts (a string's id is its position). Returns
+        {"answers": [{"answer", "score", "document_id", "document_index", "start", "end", "window"}],
+        "no_answer", "skipped", "length_config"}: offsets index the document's text, "window" is the index
+        and character range of the window the answer came from, a score is the calibrated probability that
+        the answer is right, comparable across documents (`reading.py`), "no_answer" the probability that
+        none is, "skipped" the empty documents left out. `overlap_threshold` (default 0.01), `max_documents`
+        and `max_characters` bound deduplication and the work; the answering options (`budget`,
+        `latency_ms`, `length_config`, `max_answer_len`, windows, `batch_size`) apply as to one context.
+        """
+        return reading.read(self, question, documents, top_k=top_k, **options)
 
     def windows(self, questions: Sequence[str], contexts: Sequence[str], **options) -> list[Window]:
         """Tokenise every pair into model windows: done once, then `answer` under any length config."""
