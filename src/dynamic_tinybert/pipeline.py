@@ -117,7 +117,7 @@ class QuestionAnswerer:
         """Answer one question from many documents: the `top_k` answers across all of them, best first.
 
         `documents`: strings, or {"id", "text", "meta"} dicts (a string's id is its position). Returns
-        {"answers": [{"answer", "score", "document_id", "document_index", "start", "end", "window"}],
+        {"answers": [{"answer", "score", "margin", "document_id", "document_index", "start", "end", "window"}],
         "no_answer", "skipped", "length_config"}: offsets index the document's text, "window" is the index
         and character range of the window the answer came from, a score is the calibrated probability that
         the answer is right, comparable across documents (`reading.py`), "no_answer" the probability that

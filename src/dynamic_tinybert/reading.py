@@ -2,16 +2,19 @@
 
 The pipeline's score (`decoding.py`) is p_start * p_end after a softmax over one window, so it only ranks
 spans within that window: a weak passage's best span can outscore a strong passage's. Here every span is
-scored on its own, from its raw logits, as Haystack's `ExtractiveReader` does:
+scored on its own, from its raw logits, much as Haystack's `ExtractiveReader` does:
 
-    score = sigmoid(scale * (start_logit + end_logit) + bias)
+    score = sigmoid(scale * (start_logit + end_logit - null_weight * (cls_start_logit + cls_end_logit)) + bias)
 
-`scale` and `bias` (a `ScoreCalibration`) are fitted by logistic regression so that a top answer scored 0.8
-is right (exact match) about 80% of the time; a model keeps its fit in `answer_scores.json` beside its
-weights (Haystack's fixed `calibration_factor` 0.1, bias 0, where it has none). The probability that no
-document holds the answer is the product of (1 - score) over the answers returned. Overlapping answers from
-one document (the same span seen by two overlapping windows, or a span inside another) are kept once: the
-higher-scored one.
+Haystack takes null_weight 0 (the raw sum) and scale 0.1. A window's logits can all shift together without
+changing its softmax, which is all training pins down; measured against the window's own no-answer logit
+([CLS], null_weight 1) the sum no longer carries that shift, and ranks better across documents
+(docs/documents.md). `scale` and `bias` (a `ScoreCalibration`) are fitted by logistic regression so that
+a top answer scored 0.8 is right (exact match) about 80% of the time; a model keeps its fit in
+`answer_scores.json` beside its weights (scale 0.1, bias 0, null_weight 1 where it has none). The
+probability that no document holds the answer is the product of (1 - score) over the answers returned, as
+in Haystack. Overlapping answers from one document (the same span seen by two overlapping windows, or a
+span inside another) are kept once: the higher-scored one.
 
 Reading is three steps, so that a server computing logits through its own batcher can reuse the first and
 last: `prepare_documents` + `document_windows` (tokenise once), `QuestionAnswerer.logits`, and
@@ -55,21 +58,28 @@ class Document:
 
 @dataclass(frozen=True)
 class ScoreCalibration:
-    """score = sigmoid(scale * (start_logit + end_logit) + bias): a span's probability of being right."""
+    """A span's probability of being right from its logits: sigmoid(scale * margin + bias), where margin is
+    start + end logit - null_weight * ([CLS]'s start + end logit) of its window."""
 
     scale: float = 0.1  # Haystack ExtractiveReader's calibration_factor
     bias: float = 0.0
-    fitted_on: str | None = None  # what the fit saw, for the record; None: Haystack's defaults
+    null_weight: float = 1.0  # 0: Haystack's raw sum
+    fitted_on: str | None = None  # what the fit saw, for the record; None: not fitted
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.bias)):
-            raise ValueError(f"a score calibration needs a finite scale > 0 and a finite bias, got {self}")
+        values = (self.scale, self.bias, self.null_weight)
+        if not (all(math.isfinite(v) for v in values) and self.scale > 0 and self.null_weight in (0.0, 1.0)):
+            raise ValueError(f"a score calibration needs a finite scale > 0, finite bias, null_weight 0 or 1: {self}")
 
-    def __call__(self, logit_sums: np.ndarray | float) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(self.scale * np.asarray(logit_sums, dtype=np.float64) + self.bias)))
+    def margin(self, span_logits: np.ndarray | float, null_logits: np.ndarray | float) -> np.ndarray:
+        """What the score is a function of: the span's start + end logit, less its window's [CLS] pair's."""
+        return np.asarray(span_logits, dtype=np.float64) - self.null_weight * np.asarray(null_logits, dtype=np.float64)
+
+    def __call__(self, margins: np.ndarray | float) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.scale * np.asarray(margins, dtype=np.float64) + self.bias)))
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "bias": self.bias, "fitted_on": self.fitted_on}
+        return {"scale": self.scale, "bias": self.bias, "null_weight": self.null_weight, "fitted_on": self.fitted_on}
 
 
 def load_score_calibration(directory: str | os.PathLike) -> ScoreCalibration:
@@ -79,7 +89,9 @@ def load_score_calibration(directory: str | os.PathLike) -> ScoreCalibration:
         return ScoreCalibration()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return ScoreCalibration(float(data["scale"]), float(data["bias"]), data.get("fitted_on"))
+        return ScoreCalibration(
+            float(data["scale"]), float(data["bias"]), float(data.get("null_weight", 1.0)), data.get("fitted_on")
+        )
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a score calibration ({e}); expected {{'scale': ..., 'bias': ...}}") from None
 
@@ -91,10 +103,15 @@ def save_score_calibration(directory: str | os.PathLike, calibration: ScoreCalib
 
 
 def fit_score_calibration(
-    logit_sums: Sequence[float], correct: Sequence[bool], fitted_on: str | None = None, iterations: int = 50
+    margins: Sequence[float],
+    correct: Sequence[bool],
+    null_weight: float = 1.0,
+    fitted_on: str | None = None,
+    iterations: int = 50,
 ) -> ScoreCalibration:
-    """Logistic regression of `correct` on the answers' start + end logit sums (Newton's method, 2 parameters)."""
-    x = np.asarray(logit_sums, dtype=np.float64)
+    """Logistic regression of `correct` on the answers' margins (`ScoreCalibration.margin` under
+    `null_weight`): Newton's method on scale and bias."""
+    x = np.asarray(margins, dtype=np.float64)
     y = np.asarray(correct, dtype=np.float64)
     if x.size < 2 or y.min() == y.max():
         raise ValueError("fitting a score calibration needs at least one right and one wrong answer")
@@ -108,7 +125,9 @@ def fit_score_calibration(
         weights -= step
         if np.abs(step).max() < 1e-10:
             break
-    return ScoreCalibration(float(weights[0]), float(weights[1]), fitted_on)
+    if weights[0] <= 0:
+        raise ValueError("the fit found right answers no likelier at higher margins: too few answers to fit on?")
+    return ScoreCalibration(float(weights[0]), float(weights[1]), null_weight, fitted_on)
 
 
 def expected_calibration_error(scores: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
@@ -221,20 +240,22 @@ def rank_answers(
     `windows[i].example` indexes `documents`; the logits are those `QuestionAnswerer.logits` gives (one
     array per window, unpadded). Answers of one document that overlap by more than `overlap_threshold` of
     the shorter one's characters are duplicates (None: keep overlapping answers, drop only identical ones).
-    Returns {"answers": [{"answer", "score", "document_id", "document_index", "start", "end", "window"}],
-    "no_answer": float}; offsets index the document's text, "window" the characters its window covered.
+    Returns {"answers": [{"answer", "score", "margin", "document_id", "document_index", "start", "end",
+    "window"}], "no_answer": float}; offsets index the document's text, "window" the characters its window
+    covered, "margin" is what the score is a sigmoid of (`ScoreCalibration.margin`).
     """
     calibration = calibration or ScoreCalibration()
     candidates_per_window = max(20, 4 * top_k)  # overlapping spans of one window fall out in deduplication
-    found = []  # (logit sum, window index, start token, end token)
+    found = []  # (margin, window index, start token, end token)
     for w, (window, start, end) in enumerate(zip(windows, start_logits, end_logits, strict=True)):
         starts, ends, sums = window_spans(start, end, window.context_mask, candidates_per_window, max_answer_len)
-        found.extend(zip(sums.tolist(), [w] * len(sums), starts.tolist(), ends.tolist()))
+        margins = calibration.margin(sums, start[0] + end[0])  # position 0: [CLS]
+        found.extend(zip(margins.tolist(), [w] * len(sums), starts.tolist(), ends.tolist()))
     found.sort(key=lambda c: c[0], reverse=True)
     window_numbers = _window_numbers(windows)
     answers: list[dict] = []
     kept_spans: dict[int, list[tuple[int, int]]] = {}
-    for logit_sum, w, s, e in found:
+    for margin, w, s, e in found:
         window = windows[w]
         first, last = char_span(window, s, e, align_to_words)
         spans = kept_spans.setdefault(window.example, [])
@@ -246,7 +267,8 @@ def rank_answers(
         answers.append(
             {
                 "answer": document.text[first:last],
-                "score": float(calibration(logit_sum)),
+                "score": float(calibration(margin)),
+                "margin": margin,
                 "document_id": document.id,
                 "document_index": window.example,
                 "start": first,
