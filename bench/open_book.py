@@ -39,7 +39,6 @@ from dynamic_tinybert.precision import PRECISIONS
 from dynamic_tinybert.reading import (
     Document,
     ScoreCalibration,
-    document_windows,
     expected_calibration_error,
     fit_score_calibration,
     rank_answers,
@@ -103,7 +102,7 @@ def window_bands(qa: QuestionAnswerer, questions, retrieved, ks: list[int]) -> l
         bands, seconds = [], []
         for low, high in zip([0, *ks[:-1]], ks):
             started = time.perf_counter()
-            band = document_windows(qa, question.question, documents[low:high]) if documents[low:high] else []
+            band = qa.document_windows(question.question, documents[low:high]) if documents[low:high] else []
             bands.append([replace(w, example=w.example + low) for w in band])
             seconds.append(time.perf_counter() - started)
         readings.append(Reading(documents, bands, seconds))

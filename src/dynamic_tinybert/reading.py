@@ -16,9 +16,10 @@ probability that no document holds the answer is the product of (1 - score) over
 in Haystack. Overlapping answers from one document (the same span seen by two overlapping windows, or a
 span inside another) are kept once: the higher-scored one.
 
-Reading is three steps, so that a server computing logits through its own batcher can reuse the first and
-last: `prepare_documents` + `document_windows` (tokenise once), `QuestionAnswerer.logits`, and
-`rank_answers`, a pure function of the windows, their logits and the documents.
+`QuestionAnswerer.read` reads in three steps, so that a server computing logits through its own batcher
+can reuse the first and last: `prepare_documents` + `QuestionAnswerer.document_windows` (tokenise once),
+`QuestionAnswerer.logits`, and `rank_answers`, a pure function of the windows, their logits and the
+documents. This module holds the pure parts.
 """
 
 from __future__ import annotations
@@ -29,16 +30,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .decoding import char_span
 from .features import Window
 from .fileio import atomic_write_text
-
-if TYPE_CHECKING:
-    from .pipeline import QuestionAnswerer
 
 SCORES_FILE = "answer_scores.json"  # a model's fitted ScoreCalibration, beside its weights
 MAX_DOCUMENTS = 1000  # per read: every document is one or more model windows
@@ -200,12 +197,6 @@ def _as_document(item, index: int) -> Document:
     return Document(str(doc_id), text, meta)
 
 
-def document_windows(qa: QuestionAnswerer, question: str, documents: Sequence[Document], **options) -> list[Window]:
-    """The question beside each document, windowed as the pipeline windows one context (window.example is
-    the document's position in `documents`)."""
-    return qa.windows([question] * len(documents), [d.text for d in documents], **options)
-
-
 def window_spans(
     start_logits: np.ndarray, end_logits: np.ndarray, context_mask: np.ndarray, count: int, max_answer_len: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -309,41 +300,10 @@ def _window_chars(window: Window) -> tuple[int, int]:
     return offsets[context[0]][0], offsets[context[-1]][1]
 
 
-def read(
-    qa: QuestionAnswerer,
-    question: str,
-    documents: Sequence,
-    top_k: int = 5,
-    overlap_threshold: float | None = 0.01,
-    max_documents: int = MAX_DOCUMENTS,
-    max_characters: int = MAX_CHARACTERS,
-    **options,
-) -> dict:
-    """`QuestionAnswerer.read`: the three steps above for one question; see there."""
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError("question must be a non-empty string")
+def check_reading_options(options: dict, overlap_threshold: float | None) -> None:
+    """Refuse what a read cannot honour: the one-context no-answer options, a threshold outside [0, 1]."""
     refused = [name for name in NOT_FOR_READING if name in options]
     if refused:
         raise ValueError(f"{refused[0]} does not apply to reading: the result's no_answer is the no-answer probability")
     if overlap_threshold is not None and not 0 <= overlap_threshold <= 1:
         raise ValueError(f"overlap_threshold must be between 0 and 1 (or None), got {overlap_threshold!r}")
-    opts = qa.options(top_k=top_k, **options)
-    kept, skipped = prepare_documents(documents, max_documents, max_characters)
-    result = {"answers": [], "no_answer": 1.0}
-    length_config = qa.length_config_for(opts, None)
-    if kept:
-        windows = document_windows(qa, question, kept, **options)
-        length_config = qa.length_config_for(opts, sum(w.length for w in windows))
-        start_logits, end_logits = qa.logits(windows, length_config, opts.batch_size)
-        result = rank_answers(
-            windows,
-            start_logits,
-            end_logits,
-            kept,
-            top_k=opts.top_k,
-            max_answer_len=opts.max_answer_len,
-            align_to_words=opts.align_to_words,
-            calibration=qa.score_calibration,
-            overlap_threshold=overlap_threshold,
-        )
-    return {**result, "skipped": skipped, "length_config": None if length_config is None else str(length_config)}
