@@ -59,7 +59,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_model_args(ask)
     add_device_arg(ask)
     add_precision_arg(ask)
-    add_answer_options(ask, top_k=None)  # None: 1 answer per context, 5 from an index
+    add_answer_options(ask)
     ask.add_argument("--json", action="store_true", help="print JSON instead of text")
     ask.set_defaults(run=cmd_ask)
 
@@ -105,7 +105,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         return ask_index(args)
     questions, contexts = read_ask_inputs(args)
     qa = load_answerer(args)
-    run = qa.run(questions, contexts, **{**answer_options(args), "top_k": args.top_k or 1})
+    run = qa.run(questions, contexts, **answer_options(args))
     for question, answers in zip(questions, run.answers, strict=True):
         if args.json:
             print(json.dumps({"question": question, "answers": answers}, ensure_ascii=False))
@@ -130,9 +130,7 @@ def ask_index(args: argparse.Namespace) -> int:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"dtb ask: {flag} does not apply with --index: the no-answer probability is printed")
     retriever = Retriever.load(args.index)
-    result = retriever.ask(
-        load_answerer(args), args.question, retrieve=args.retrieve, **{**options, "top_k": args.top_k or 5}
-    )
+    result = retriever.ask(load_answerer(args), args.question, retrieve=args.retrieve, **options)
     if args.json:
         print(json.dumps({"question": args.question, **result}, ensure_ascii=False))
         return 0
