@@ -11,7 +11,8 @@ loaded memory-mapped):
 - calibration: scale and bias fitted on TRAINING articles the shipped model did not train on (train-v2.0's
   last 2 articles with answerable questions, its held-out split, and those with unanswerable questions
   only): the top answers of --fit-limit answerable questions read over the top 5 passages of an index of
-  those articles; then the expected calibration error of the top answer's score on dev;
+  those articles and as many other training paragraphs as make the pool as large as dev's (retrieval as
+  hard); then the expected calibration error of the top answer's score on dev, with a bootstrap interval;
 - SQuAD v2.0 through the same path: the no-answer threshold chosen on those held-out training questions
   (the answerable ones and --fit-limit / 2 unanswerable ones), then HasAns / NoAns F1 on the first
   --v2-limit dev-v2.0 questions against all dev-v2.0 paragraphs.
@@ -55,21 +56,32 @@ UNFITTED = ScoreCalibration()  # margins are what the fit needs; the scale is re
 HAYSTACK = ScoreCalibration(scale=0.1, bias=0.0, null_weight=0.0)  # ExtractiveReader's score
 
 
-def paragraph_index(dataset: SquadDataset, name: str, folder: Path) -> Retriever:
-    """Every paragraph of the file as one passage, indexed, saved and loaded back memory-mapped."""
-    texts = [p["context"] for article in dataset.articles for p in article["paragraphs"]]
+def paragraphs(dataset: SquadDataset) -> list[str]:
+    return [p["context"] for article in dataset.articles for p in article["paragraphs"]]
+
+
+def paragraph_index(dataset: SquadDataset, name: str, folder: Path, distractors: list[str] = ()) -> Retriever:
+    """Every paragraph of the file as one passage (and `distractors` beside them), indexed, saved and
+    loaded back memory-mapped."""
+    texts = paragraphs(dataset) + list(distractors)
     passages = [p for i, text in enumerate(texts) for p in split_passages(text, name, str(i), 1, PASSAGE_CHARS)]
     Retriever.build(passages, passage_chars=PASSAGE_CHARS).save(folder / name)
     return Retriever.load(folder / name)
 
 
-def held_out(train_file: Path) -> SquadDataset:
+def held_out(train_file: Path, pool: int) -> tuple[SquadDataset, list[str]]:
     """The training articles the shipped model did not train on: the last HELD_OUT_ARTICLES of those with
-    answerable questions (its held-out split) and those with none (it trained on answerable questions only)."""
+    answerable questions (its held-out split) and those with none (it trained on answerable questions only);
+    and paragraphs of the other articles, drawn at random, to fill a pool of `pool` passages, so that
+    retrieving from it is as hard as from dev's."""
     train = load_squad(train_file)
     trained, _ = load_squad(train_file, answerable_only=True).split_articles(HELD_OUT_ARTICLES)
     seen = {q.title for q in trained.questions}
-    return train.select(q.id for q in train.questions if q.title not in seen)
+    held = train.select(q.id for q in train.questions if q.title not in seen)
+    others = paragraphs(trained)
+    rng = np.random.default_rng(0)
+    count = max(0, min(len(others), pool - len(paragraphs(held))))
+    return held, [others[i] for i in sorted(rng.choice(len(others), count, replace=False))]
 
 
 def retrieve_all(retriever: Retriever, dataset: SquadDataset, k: int) -> tuple[list[list[Document]], float]:
@@ -169,6 +181,16 @@ def right(question, answer: str) -> bool:
     return any(exact_match_score(answer, gold) for gold in question.answers)
 
 
+def ece_interval(scores: list[float], correct: list[bool], draws: int = 1000) -> tuple[float, float]:
+    """The 95% bootstrap interval of the expected calibration error: how much of it is sampling noise."""
+    rng = np.random.default_rng(0)
+    scores, correct = np.asarray(scores), np.asarray(correct)
+    resamples = rng.integers(0, len(scores), (draws, len(scores)))
+    samples = [expected_calibration_error(scores[i], correct[i]) for i in resamples]
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return round(float(low), 4), round(float(high), 4)
+
+
 def reliability(scores: list[float], correct: list[bool], bins: int = 5) -> list[dict]:
     scores, correct = np.asarray(scores), np.asarray(correct, dtype=float)
     which = np.minimum((scores * bins).astype(int), bins - 1)
@@ -194,8 +216,9 @@ def measure(args) -> dict:
     result: dict = {"model": "shipped model" if args.model is None else str(args.model), "ks": ks}
 
     # 1. calibration and no-answer threshold on held-out training articles
-    held = held_out(args.train)
-    held_index = paragraph_index(held, "held-out", folder)
+    dev = load_squad(args.dev)
+    held, distractors = held_out(args.train, len(paragraphs(dev)))
+    held_index = paragraph_index(held, "held-out", folder, distractors)
     answerable = [q.id for q in held.questions if not q.is_impossible][: args.fit_limit]
     unanswerable = [q.id for q in held.questions if q.is_impossible][: args.fit_limit // 2]
     fit = held.select(answerable + unanswerable)
@@ -210,7 +233,7 @@ def measure(args) -> dict:
             correct.append(right(question, answers["answers"][0]["answer"]))
     fitted_on = (
         f"{args.train.name}, articles the model did not train on: top answers of {len(margins)} answerable "
-        f"questions over the top 5 of {len(held_index)} passages"
+        f"questions over the top 5 of {len(held_index)} passages ({len(distractors)} from other articles)"
     )
     calibration = fit_score_calibration(margins, correct, fitted_on=fitted_on)
     if args.save_calibration is not None:
@@ -225,7 +248,6 @@ def measure(args) -> dict:
     print(result["calibration"], flush=True)
 
     # 2. retrieval over all dev paragraphs
-    dev = load_squad(args.dev)
     dev_index = paragraph_index(dev, "dev-v1.1", folder)
     retrieved, seconds = retrieve_all(dev_index, dev, max(ks))
     result["retrieval"] = {
@@ -287,6 +309,7 @@ def measure(args) -> dict:
                     "right": round(100 * float(np.mean(rights)), 2),
                     "mean_score": round(float(np.mean(scores)), 3),
                     "ece": round(expected_calibration_error(scores, rights), 4),
+                    "ece_95": ece_interval(scores, rights),
                     "haystack_ece": round(expected_calibration_error(haystack_scores, haystack_rights), 4),
                     "bins": reliability(scores, rights),
                 }
@@ -369,12 +392,13 @@ def markdown(result: dict) -> str:
         "",
         f"## Calibration (fitted on {cal['fitted_on']}: scale {cal['scale']:.4f}, bias {cal['bias']:.4f})",
         "",
-        "| k | top answers | right (EM) % | mean score | ECE | ECE of Haystack's score |",
-        "|---|---|---|---|---|---|",
+        "| k | top answers | right (EM) % | mean score | ECE (10 bins) | its 95% bootstrap interval "
+        "| ECE of Haystack's score |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {c['k']} | {c['answers']} | {c['right']:.2f} | {c['mean_score']:.3f} | {c['ece']:.4f} "
-        f"| {c['haystack_ece']:.4f} |"
+        f"| {c['ece_95'][0]:.4f}-{c['ece_95'][1]:.4f} | {c['haystack_ece']:.4f} |"
         for c in result["calibration_dev"]
     ]
     last = result["calibration_dev"][-1]
@@ -403,7 +427,7 @@ def main() -> None:
     add_data_arg(parser, "dev-v2.0.json.gz", "--dev-v2", "SQuAD v2.0 dev")
     add_data_arg(parser, "train-v2.0.json.gz", "--train", "SQuAD v2.0 train (its last articles fit the calibration)")
     parser.add_argument("--reader-limit", type=int, default=200, help="dev questions the reader answers")
-    parser.add_argument("--fit-limit", type=int, default=240, help="held-out answerable training questions to fit on")
+    parser.add_argument("--fit-limit", type=int, default=400, help="held-out answerable training questions to fit on")
     parser.add_argument("--v2-limit", type=int, default=200, help="dev-v2.0 questions")
     parser.add_argument("--ks", type=lambda t: [int(k) for k in t.split(",")], default=[5, 10, 20])
     parser.add_argument("--budgets", type=lambda t: [float(b) for b in t.split(",")], default=[0.7, 0.55])
