@@ -430,7 +430,7 @@ def main() -> None:
     parser.add_argument("--fit-limit", type=int, default=400, help="held-out answerable training questions to fit on")
     parser.add_argument("--v2-limit", type=int, default=200, help="dev-v2.0 questions")
     parser.add_argument("--ks", type=lambda t: [int(k) for k in t.split(",")], default=[5, 10, 20])
-    parser.add_argument("--budgets", type=lambda t: [float(b) for b in t.split(",")], default=[0.7, 0.55])
+    parser.add_argument("--budgets", type=lambda t: [float(b) for b in t.split(",") if b], default=[0.7, 0.55])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder Linear layers (CPU)")
     parser.add_argument("--save-calibration", type=Path, help="write the fitted answer_scores.json to this folder")

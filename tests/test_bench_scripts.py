@@ -56,3 +56,21 @@ def test_write_result_puts_the_line_beneath_the_title_and_keeps_the_data(tmp_pat
     assert data["rows"] == [1]
     check_provenance(data["provenance"], None)
     assert md.read_text() == f"# Title\n\n{provenance_line(data['provenance'])}\n\n| a |\n|---|\n| 1 |\n"
+
+
+@pytest.mark.slow
+def test_open_book_runs_end_to_end_on_the_samples_and_records_its_provenance(tmp_path):
+    """bench/open_book.py on the committed SQuAD samples (the v2.0 sample standing in for training data) with
+    the shipped model, a few questions each: every section of its result is there."""
+    data = ROOT / "tests" / "data"
+    output = tmp_path / "open-book"
+    command = [sys.executable, "bench/open_book.py", "--dev", data / "dev-v1.1-sample.json.gz"]
+    command += ["--dev-v2", data / "dev-v2.0-sample.json.gz", "--train", data / "dev-v2.0-sample.json.gz"]
+    command += ["--reader-limit", "6", "--fit-limit", "12", "--v2-limit", "6", "--ks", "1,2", "--budgets", "0.7"]
+    command += ["--threads", "1", "--output", output]
+    run = subprocess.run([str(c) for c in command], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(output.with_suffix(".json").read_text())
+    assert [row["k"] for row in result["reader"]["rows"]] == [1, 2, 1, 2]
+    assert {"recall@1", "recall@2"} <= result["retrieval"].keys() and result["v2"]["questions"] == 6
+    check_provenance(result["provenance"], ROOT / "src" / "dynamic_tinybert" / "models" / "dynamic-minilm-l6-squad")
