@@ -163,8 +163,8 @@ def test_read_refuses_an_empty_document_list(tiny_qa: QuestionAnswerer):
 
 def test_read_skips_empty_documents_with_a_note(tiny_qa: QuestionAnswerer):
     result = tiny_qa.read(QUESTION, ["  \n", "alice lives in paris."])
-    assert result["skipped"] == [{"document_id": "0", "reason": "empty"}]
-    assert {a["document_id"] for a in result["answers"]} == {"1"}
+    assert result["skipped"] == [{"document_id": "0", "document_index": 0, "reason": "empty"}]
+    assert {(a["document_id"], a["document_index"]) for a in result["answers"]} == {("1", 1)}
 
 
 def test_read_of_only_empty_documents_is_no_answer_for_sure(tiny_qa: QuestionAnswerer):

@@ -136,13 +136,14 @@ class QuestionAnswerer:
 
         `documents`: strings, or {"id", "text", "meta"} dicts (a string's id is its position). Returns
         {"answers": [{"answer", "score", "margin", "document_id", "document_index", "start", "end", "window"}],
-        "no_answer", "skipped", "length_config"}: offsets index the document's text, "window" is the index
-        and character range of the window the answer came from, a score is the calibrated probability that
-        the answer is right, comparable across documents (`reading.py`), "no_answer" the probability that
-        none is, "skipped" the empty documents left out. Answers of one document overlapping by more than
-        `overlap_threshold` of the shorter are kept once (None: only identical ones); `max_documents` and
-        `max_characters` bound the work. The answering options (`budget`, `latency_ms`, `length_config`,
-        `max_answer_len`, windows, `batch_size`) apply as to one context.
+        "no_answer", "skipped", "length_config"}: "document_index" is a position in `documents`, offsets
+        index the document's text, "window" is the index and character range of the window the answer came
+        from, a score is the calibrated probability that the answer is right, comparable across documents
+        (`reading.py`), "no_answer" the probability that none is, "skipped" the empty documents left out.
+        Answers of one document overlapping by more than `overlap_threshold` of the shorter are kept once
+        (None: only identical ones); `max_documents` and `max_characters` bound the work. The answering
+        options (`budget`, `length_config`, `max_answer_len`, windows, `batch_size`) apply as to one
+        context; `latency_ms` bounds the whole read, all documents' windows together.
         """
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
@@ -166,6 +167,10 @@ class QuestionAnswerer:
                 calibration=self.score_calibration,
                 overlap_threshold=overlap_threshold,
             )
+            left_out = {note["document_index"] for note in skipped}
+            positions = [i for i in range(len(documents)) if i not in left_out]
+            for answer in result["answers"]:  # rank_answers counts the documents it was given
+                answer["document_index"] = positions[answer["document_index"]]
         return {**result, "skipped": skipped, "length_config": None if length_config is None else str(length_config)}
 
     def document_windows(self, question: str, documents: Sequence[Document], **options) -> list[Window]:

@@ -165,7 +165,7 @@ def prepare_documents(
             raise ValueError(f"document {i}: id {document.id!r} is used twice; document ids must be unique")
         seen.add(document.id)
         if not document.text.strip():
-            skipped.append({"document_id": document.id, "reason": "empty"})
+            skipped.append({"document_id": document.id, "document_index": i, "reason": "empty"})
             continue
         total += len(document.text)
         if total > max_characters:
