@@ -92,3 +92,21 @@ def test_serve_load_runs_tiny_against_the_server_and_writes_every_scenario_and_v
     assert verdicts["head_of_line"]["maximal_statuses"] == {"200": verdicts["head_of_line"]["maximal_requests"]}
     assert [s["name"] for s in result["servers"]] == ["one-at-a-time", "batched", "batched with SLO"]
     assert all(s["rss"]["peak_mib"] > 0 for s in result["servers"])
+
+
+@pytest.mark.slow
+def test_open_book_runs_end_to_end_on_the_samples_and_records_its_provenance(tmp_path):
+    """bench/open_book.py on the committed SQuAD samples (the v2.0 sample standing in for training data) with
+    the shipped model, a few questions each: every section of its result is there."""
+    data = ROOT / "tests" / "data"
+    output = tmp_path / "open-book"
+    command = [sys.executable, "bench/open_book.py", "--dev", data / "dev-v1.1-sample.json.gz"]
+    command += ["--dev-v2", data / "dev-v2.0-sample.json.gz", "--train", data / "dev-v2.0-sample.json.gz"]
+    command += ["--reader-limit", "6", "--fit-limit", "12", "--v2-limit", "6", "--ks", "1,2", "--budgets", "0.7"]
+    command += ["--threads", "1", "--output", output]
+    run = subprocess.run([str(c) for c in command], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(output.with_suffix(".json").read_text())
+    assert [row["k"] for row in result["reader"]["rows"]] == [1, 2, 1, 2]
+    assert {"recall@1", "recall@2"} <= result["retrieval"].keys() and result["v2"]["questions"] == 6
+    check_provenance(result["provenance"], ROOT / "src" / "dynamic_tinybert" / "models" / "dynamic-minilm-l6-squad")

@@ -27,6 +27,16 @@ from .length_config import LengthConfig
 from .model import BertForQuestionAnswering
 from .options import AnswerOptions
 from .precision import with_precision
+from .reading import (
+    MAX_CHARACTERS,
+    MAX_DOCUMENTS,
+    Document,
+    ScoreCalibration,
+    check_reading_options,
+    load_score_calibration,
+    prepare_documents,
+    rank_answers,
+)
 
 
 @dataclass
@@ -47,11 +57,17 @@ class QuestionAnswerer:
     """
 
     def __init__(
-        self, model: BertForQuestionAnswering, tokenizer: Tokenizer, frontier: Frontier | None = None, **defaults
+        self,
+        model: BertForQuestionAnswering,
+        tokenizer: Tokenizer,
+        frontier: Frontier | None = None,
+        score_calibration: ScoreCalibration | None = None,
+        **defaults,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.frontier = frontier
+        self.score_calibration = score_calibration or ScoreCalibration()  # for `read`: scores across documents
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self._tokenizing = threading.Lock()  # making windows sets the tokenizer's truncation: one caller at a time
         self.defaults = AnswerOptions(**defaults)
@@ -74,7 +90,13 @@ class QuestionAnswerer:
         """
         directory = checkpoint.resolve(path_or_id, revision)
         model = with_precision(checkpoint.load_model(directory).to(device), precision)
-        return cls(model, checkpoint.load_tokenizer(directory), load_frontier(directory), **defaults)
+        return cls(
+            model,
+            checkpoint.load_tokenizer(directory),
+            load_frontier(directory),
+            load_score_calibration(directory),
+            **defaults,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -101,6 +123,62 @@ class QuestionAnswerer:
         opts = self.options(**options)
         windows = self._windows(questions, contexts, opts)
         return Answers(self._answer(windows, contexts, opts, progress), windows)
+
+    def read(
+        self,
+        question: str,
+        documents: Sequence,
+        top_k: int = 5,
+        overlap_threshold: float | None = 0.01,
+        max_documents: int = MAX_DOCUMENTS,
+        max_characters: int = MAX_CHARACTERS,
+        **options,
+    ) -> dict:
+        """Answer one question from many documents: the `top_k` answers across all of them, best first.
+
+        `documents`: strings, or {"id", "text", "meta"} dicts (a string's id is its position). Returns
+        {"answers": [{"answer", "score", "margin", "document_id", "document_index", "start", "end", "window"}],
+        "no_answer", "skipped", "length_config"}: "document_index" is a position in `documents`, offsets
+        index the document's text, "window" is the index and character range of the window the answer came
+        from, a score is the calibrated probability that the answer is right, comparable across documents
+        (`reading.py`), "no_answer" the probability that none is, "skipped" the empty documents left out.
+        Answers of one document overlapping by more than `overlap_threshold` of the shorter are kept once
+        (None: only identical ones); `max_documents` and `max_characters` bound the work. The answering
+        options (`budget`, `length_config`, `max_answer_len`, windows, `batch_size`) apply as to one
+        context; `latency_ms` bounds the whole read, all documents' windows together.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        check_reading_options(options, overlap_threshold)
+        opts = self.options(top_k=top_k, **options)
+        kept, skipped = prepare_documents(documents, max_documents, max_characters)
+        result = {"answers": [], "no_answer": 1.0}
+        length_config = self.length_config_for(opts)
+        if kept:
+            windows = self.document_windows(question, kept, **options)
+            length_config = self.length_config_for(opts, sum(w.length for w in windows))
+            start_logits, end_logits = self.logits(windows, length_config, opts.batch_size)
+            result = rank_answers(
+                windows,
+                start_logits,
+                end_logits,
+                kept,
+                top_k=opts.top_k,
+                max_answer_len=opts.max_answer_len,
+                align_to_words=opts.align_to_words,
+                calibration=self.score_calibration,
+                overlap_threshold=overlap_threshold,
+            )
+            left_out = {note["document_index"] for note in skipped}
+            positions = [i for i in range(len(documents)) if i not in left_out]
+            for answer in result["answers"]:  # rank_answers counts the documents it was given
+                answer["document_index"] = positions[answer["document_index"]]
+        return {**result, "skipped": skipped, "length_config": None if length_config is None else str(length_config)}
+
+    def document_windows(self, question: str, documents: Sequence[Document], **options) -> list[Window]:
+        """The question beside each document, windowed as one context is (window.example: the document's
+        position in `documents`): `rank_answers` takes these windows with their logits."""
+        return self.windows([question] * len(documents), [d.text for d in documents], **options)
 
     def windows(self, questions: Sequence[str], contexts: Sequence[str], **options) -> list[Window]:
         """Tokenise every pair into model windows: done once, then `answer` under any length config."""

@@ -2,6 +2,7 @@
 
     dtb ask "Where do I live?" --context "My name is Wolfgang and I live in Berlin" --model DIR_OR_HUB_ID
     dtb eval --model M --data dev-v1.1.json.gz --limit 500          (answer: ask, eval, score, info)
+    dtb index notes/ --output notes.idx; dtb ask "Where do I live?" --index notes.idx   (documents)
     dtb train finetune --model M --data train-v2.0.json.gz ...      (train)
     dtb search --model M --data train-v2.0.json.gz ...              (search: search, sweep, calibrate)
     dtb serve | bench | export ...
@@ -17,10 +18,10 @@ import warnings
 from ..checkpoint import CheckpointError
 from ..frontier import BudgetError
 from ..length_config import LengthConfigError
-from . import answer, bench, export, search, serve, train
+from . import answer, bench, documents, export, search, serve, train
 from .common import MODEL_ENV, Parser, UsageError
 
-WORKFLOWS = (answer, serve, train, search, bench, export)
+WORKFLOWS = (answer, documents, serve, train, search, bench, export)
 
 __all__ = ["MODEL_ENV", "build_parser", "main"]
 

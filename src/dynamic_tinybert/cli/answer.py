@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .. import checkpoint
 from ..cost import macs
 from ..frontier import load_frontier
+from ..options import option_field
 from ..runtime import keep_freed_memory, peak_rss_mib
 from ..squad import load_na_probs, load_predictions, load_squad, score_predictions, write_predictions
 from ..training.pruning import BLOCK_SHARE, sparsity_report
@@ -48,6 +49,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--context", help="the context text")
     source.add_argument("--context-file", type=Path, help="read the context from this file")
     source.add_argument("--input", type=Path, help="JSON lines of {'question': ..., 'context': ...}")
+    source.add_argument("--index", type=Path, help="answer from the passages of this index (`dtb index`)")
+    ask.add_argument(
+        "--retrieve",
+        type=positive_int,
+        default=20,
+        help="with --index: passages to retrieve and read (default 20, at most 1000)",
+    )
     add_model_args(ask)
     add_device_arg(ask)
     add_precision_arg(ask)
@@ -93,6 +101,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    if args.index is not None:
+        return ask_index(args)
     questions, contexts = read_ask_inputs(args)
     qa = load_answerer(args)
     run = qa.run(questions, contexts, **answer_options(args))
@@ -104,6 +114,34 @@ def cmd_ask(args: argparse.Namespace) -> int:
             print(f"Q: {question}")
         for a in answers:
             print(f"{a['answer'] or '(no answer)'}\t(score {a['score']:.4f}, chars {a['start']}-{a['end']})")
+    return 0
+
+
+def ask_index(args: argparse.Namespace) -> int:
+    """Retrieve passages from the index, read them, and print the answers with the file and line of each."""
+    from ..reading import NOT_FOR_READING
+    from ..retrieval import Retriever
+
+    if not args.question:
+        raise UsageError("dtb ask: give a question to ask the index")
+    options = answer_options(args)
+    for name in NOT_FOR_READING:
+        if options.pop(name) != option_field(name).default:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"dtb ask: {flag} does not apply with --index: the no-answer probability is printed")
+    retriever = Retriever.load(args.index)
+    result = retriever.ask(load_answerer(args), args.question, retrieve=args.retrieve, **options)
+    if args.json:
+        print(json.dumps({"question": args.question, **result}, ensure_ascii=False))
+        return 0
+    if not result["passages"]:
+        print("(no passage shares a word with the question)")
+        return 0
+    for a in result["answers"]:
+        where = a["source"] if a["record"] is None else f"{a['source']} record {a['record']}"
+        chars = f"chars {a['source_start']}-{a['source_end']}"
+        print(f"{' '.join(a['answer'].split())}\t(score {a['score']:.4f}, {where}:{a['line']}, {chars})")
+    print(f"no answer in the {result['passages']} passages read: probability {result['no_answer']:.4f}")
     return 0
 
 
