@@ -40,6 +40,18 @@ from .reading import (
 
 
 @dataclass
+class Reading:
+    """A `read` between tokenising and ranking: its documents, their windows and its options."""
+
+    documents: int  # how many were given (answers name positions among them)
+    kept: list[Document]  # those read, in order
+    skipped: list[dict]  # notes on those left out (empty)
+    windows: list[Window]  # window.example: position in `kept`
+    opts: AnswerOptions
+    overlap_threshold: float | None
+
+
+@dataclass
 class Answers:
     """Everything one run produced: the answers of each example and the windows the model saw."""
 
@@ -147,33 +159,55 @@ class QuestionAnswerer:
         options (`budget`, `length_config`, `max_answer_len`, windows, `batch_size`) apply as to one
         context; `latency_ms` bounds the whole read, all documents' windows together.
         """
+        reading = self.start_read(
+            question, documents, top_k, overlap_threshold, max_documents, max_characters, **options
+        )
+        length_config = self.length_config_for(reading.opts, sum(w.length for w in reading.windows))
+        start_logits, end_logits = self.logits(reading.windows, length_config, reading.opts.batch_size)
+        return self.finish_read(reading, start_logits, end_logits, length_config)
+
+    def start_read(
+        self,
+        question: str,
+        documents: Sequence,
+        top_k: int = 5,
+        overlap_threshold: float | None = 0.01,
+        max_documents: int = MAX_DOCUMENTS,
+        max_characters: int = MAX_CHARACTERS,
+        **options,
+    ) -> Reading:
+        """`read` up to the model: the documents checked and windowed (a server runs their logits itself)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
         check_reading_options(options, overlap_threshold)
         opts = self.options(top_k=top_k, **options)
         kept, skipped = prepare_documents(documents, max_documents, max_characters)
+        windows = self.document_windows(question, kept, **options) if kept else []
+        return Reading(len(documents), kept, skipped, windows, opts, overlap_threshold)
+
+    def finish_read(
+        self, reading: Reading, start_logits: Sequence, end_logits: Sequence, length_config: LengthConfig | None
+    ) -> dict:
+        """`read` after the model: answers ranked across the documents from their windows' logits."""
         result = {"answers": [], "no_answer": 1.0}
-        length_config = self.length_config_for(opts)
-        if kept:
-            windows = self.document_windows(question, kept, **options)
-            length_config = self.length_config_for(opts, sum(w.length for w in windows))
-            start_logits, end_logits = self.logits(windows, length_config, opts.batch_size)
+        if reading.windows:
             result = rank_answers(
-                windows,
+                reading.windows,
                 start_logits,
                 end_logits,
-                kept,
-                top_k=opts.top_k,
-                max_answer_len=opts.max_answer_len,
-                align_to_words=opts.align_to_words,
+                reading.kept,
+                top_k=reading.opts.top_k,
+                max_answer_len=reading.opts.max_answer_len,
+                align_to_words=reading.opts.align_to_words,
                 calibration=self.score_calibration,
-                overlap_threshold=overlap_threshold,
+                overlap_threshold=reading.overlap_threshold,
             )
-            left_out = {note["document_index"] for note in skipped}
-            positions = [i for i in range(len(documents)) if i not in left_out]
+            left_out = {note["document_index"] for note in reading.skipped}
+            positions = [i for i in range(reading.documents) if i not in left_out]
             for answer in result["answers"]:  # rank_answers counts the documents it was given
                 answer["document_index"] = positions[answer["document_index"]]
-        return {**result, "skipped": skipped, "length_config": None if length_config is None else str(length_config)}
+        config = None if length_config is None else str(length_config)
+        return {**result, "skipped": reading.skipped, "length_config": config}
 
     def document_windows(self, question: str, documents: Sequence[Document], **options) -> list[Window]:
         """The question beside each document, windowed as one context is (window.example: the document's

@@ -242,15 +242,22 @@ class Retriever:
         Each answer gains "source", "record", "line" (where the answer starts) and "source_start" /
         "source_end" (its offsets in the file, or the JSONL record's text); "passages" says how many were read.
         """
-        found = self.retrieve(question, retrieve)
-        if not found:
-            return {"answers": [], "no_answer": 1.0, "skipped": [], "passages": 0, "length_config": None}
-        documents = [{"id": p.id, "text": p.text} for p, _ in found]
-        result = qa.read(question, documents, top_k=top_k, **options)
-        for answer in result["answers"]:
-            passage = found[answer["document_index"]][0]
-            answer.update(locate(passage, answer["start"], answer["end"]))
-        return {**result, "passages": len(found)}
+        passages = [p for p, _ in self.retrieve(question, retrieve)]
+        if not passages:
+            return placed({"answers": [], "no_answer": 1.0, "skipped": [], "length_config": None}, passages)
+        return placed(qa.read(question, as_documents(passages), top_k=top_k, **options), passages)
+
+
+def as_documents(passages: Sequence[Passage]) -> list[dict]:
+    """Passages as the documents `QuestionAnswerer.read` takes."""
+    return [{"id": p.id, "text": p.text} for p in passages]
+
+
+def placed(result: dict, passages: Sequence[Passage]) -> dict:
+    """A read of these passages with each answer placed in its file (`locate`) and the passages counted."""
+    for answer in result["answers"]:
+        answer.update(locate(passages[answer["document_index"]], answer["start"], answer["end"]))
+    return {**result, "passages": len(passages)}
 
 
 def locate(passage: Passage, start: int, end: int) -> dict:
