@@ -6,7 +6,9 @@ import argparse
 import importlib
 import socket
 import typing
+from pathlib import Path
 
+from ..retrieval import Retriever
 from ..serving.settings import ServerSettings, setting_field, setting_names
 from .common import (
     UsageError,
@@ -28,6 +30,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_answer_options(serve)  # the defaults every request gets unless it sets its own
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=port_arg, default=8000, help="TCP port, 1-65535 (default 8000)")
+    serve.add_argument("--index", type=Path, help="an index (`dtb index`) that POST /read retrieves passages from")
     add_server_settings(serve)
     serve.set_defaults(run=cmd_serve)
 
@@ -66,10 +69,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"dtb serve needs the serve extra ({e.name} is missing): {extra}") from None
 
     settings = server_settings(args)
+    retriever = None
+    if args.index is not None:
+        try:
+            retriever = Retriever.load(args.index)
+        except (ValueError, OSError) as e:
+            raise UsageError(f"dtb serve: --index {args.index}: {e}") from None
     listening = listening_socket(args.host, args.port)  # a port in use or an unknown host fails before loading
     qa = load_answerer(args, **answer_options(args))  # checked here: a bad default fails before serving
     try:
-        app = create_app(qa, name=required_model(args), settings=settings)
+        app = create_app(qa, name=required_model(args), settings=settings, retriever=retriever)
     except ValueError as e:
         raise UsageError(f"dtb serve: {e}") from None
     serve(app, listening, settings)

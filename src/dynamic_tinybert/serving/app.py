@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from ..features import Window
 from ..length_config import LengthConfig, is_full_length
 from ..options import LENGTH_CHOICES, AnswerOptions
 from ..pipeline import QuestionAnswerer, tokens_per_question
+from ..retrieval import Retriever, as_documents, placed
 from .batcher import Batcher, Job
 from .load import LoadAdaptiveBudget, WorkModel
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -42,12 +43,15 @@ from .schema import (
     AnswerRequest,
     AnswerResponse,
     QuestionContext,
+    ReadRequest,
+    ReadResponse,
     error_responses,
 )
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RETRIEVE = 20  # passages a /read without documents retrieves from the server's index
 DISCONNECT_POLL_S = 0.1  # how often a waiting request checks that its client is still there
 WARM_UP_CONTEXT = "The model answers questions about a text. It is warmed up before the server says it is ready."
 ANSWER_ERRORS = error_responses(400, 408, 413, 415, 422, 499, 503, 504)
@@ -68,8 +72,16 @@ def error_json(status: int, detail: str, errors: list | None = None, headers: di
     return JSONResponse({"detail": detail, "type": kind, "errors": errors or []}, status, headers=headers)
 
 
-def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettings | None = None) -> FastAPI:
-    """A FastAPI application answering with `qa` under `settings`; `name` is what `/info` calls the model."""
+def create_app(
+    qa: QuestionAnswerer,
+    name: str = "model",
+    settings: ServerSettings | None = None,
+    retriever: Retriever | None = None,
+) -> FastAPI:
+    """A FastAPI application answering with `qa` under `settings`; `name` is what `/info` calls the model.
+
+    With a `retriever` (`dtb serve --index`), `POST /read` without documents reads the passages it retrieves.
+    """
     settings = settings or ServerSettings()
     if settings.slo_ms is not None and any(getattr(qa.defaults, n) is not None for n in LENGTH_CHOICES):
         raise ValueError("--slo-ms chooses each request's length itself: give it, or a default length choice, not both")
@@ -148,27 +160,20 @@ def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettin
                     raise ServiceError(
                         422, f"inputs[{i}].{field}: {len(text)} characters, over the limit of {limit} ({flag})"
                     )
+        check_top_k(parameters)
+
+    def check_top_k(parameters: dict) -> None:
         if parameters.get("top_k", 0) > settings.max_top_k:
             raise ServiceError(
                 422, f"parameters.top_k: {parameters['top_k']}, over the limit of {settings.max_top_k} (--max-top-k)"
             )
 
-    def prepare(pairs: Sequence[QuestionContext], parameters: dict) -> tuple[AnswerOptions, list[Window]]:
-        """The request's options and windows (on a worker thread: tokenising a long context takes a while)."""
-        try:
-            if "length_config" in parameters:
-                parameters = {**parameters, "length_config": LengthConfig.parse(parameters["length_config"])}
-            opts = qa.options(**parameters)
-            windows = qa.windows([p.question for p in pairs], [p.context for p in pairs], **parameters)
-        except ValueError as e:  # so are BudgetError and LengthConfigError
-            raise ServiceError(422, str(e)) from None
-        if len(windows) > settings.max_windows:
-            raise ServiceError(
-                422,
-                f"inputs: the contexts need {len(windows)} model windows at this max_seq_len and doc_stride, "
-                f"over the limit of {settings.max_windows} (--max-windows)",
-            )
-        return opts, windows
+    def request_options(parameters) -> dict:
+        """A request's `parameters` as answering options (a length config parsed; a bad one is a 422)."""
+        options = parameters.model_dump(exclude_none=True)
+        if "length_config" in options:
+            options["length_config"] = checked(lambda: LengthConfig.parse(options["length_config"]))
+        return options
 
     def choose_length(opts: AnswerOptions, windows: list[Window], questions: int, pinned: bool) -> LengthConfig | None:
         """The request's own or the server's length choice; with --slo-ms and none given, what the load allows."""
@@ -206,14 +211,13 @@ def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettin
             if not job.future.done():
                 batcher.cancel(job)
 
-    @app.post("/", response_model=AnswerResponse, responses=ANSWER_ERRORS)
-    @app.post("/answer", response_model=AnswerResponse, responses=ANSWER_ERRORS)
-    async def answer(body: AnswerRequest, request: Request, response: Response):
-        """Answer one question about a context, or a list of them."""
+    async def through_model(
+        request: Request, response: Response, prepare: Callable, finish: Callable, questions: int, pinned: bool
+    ):
+        """Admit a request, tokenise it (`prepare() -> (options, windows, state)`, on a worker thread), choose its
+        length, run its windows in the batcher's batches and `finish(state, start, end, length_config)` (on a
+        worker thread); say in the headers what ran."""
         nonlocal admitted
-        pairs = body.inputs if isinstance(body.inputs, list) else [body.inputs]
-        parameters = body.parameters.model_dump(exclude_none=True)
-        check_limits(pairs, parameters)
         if admitted >= settings.max_queue:
             metrics.shed.labels("queue").inc()
             raise ServiceError(
@@ -224,19 +228,24 @@ def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettin
         admitted += 1
         metrics.in_flight.inc()
         started = time.perf_counter()
+        queue_ms = model_ms = 0.0
         try:
             with anyio.fail_after(settings.request_timeout_s):
-                opts, windows = await anyio.to_thread.run_sync(prepare, pairs, parameters, limiter=workers)
-                pinned = any(name in parameters for name in LENGTH_CHOICES)
-                length_config = choose_length(opts, windows, len(pairs), pinned)
-                job = batcher.submit(windows, length_config)
-                submitted = time.perf_counter()
-                start_logits, end_logits = await wait_for(job, request)
-                model_ms = 1000.0 * (time.perf_counter() - submitted)
-                contexts = [p.context for p in pairs]
-                results = await anyio.to_thread.run_sync(
-                    qa.decode, windows, contexts, start_logits, end_logits, opts, limiter=workers
-                )
+                opts, windows, state = await anyio.to_thread.run_sync(prepare, limiter=workers)
+                if len(windows) > settings.max_windows:
+                    raise ServiceError(
+                        422,
+                        f"the texts need {len(windows)} model windows at this max_seq_len and doc_stride, "
+                        f"over the limit of {settings.max_windows} (--max-windows)",
+                    )
+                length_config = choose_length(opts, windows, questions, pinned)
+                logits: tuple[list, list] = ([], [])
+                if windows:
+                    job = batcher.submit(windows, length_config)
+                    submitted = time.perf_counter()
+                    logits = await wait_for(job, request)
+                    queue_ms, model_ms = job.queue_ms or 0.0, 1000.0 * (time.perf_counter() - submitted)
+                result = await anyio.to_thread.run_sync(finish, state, *logits, length_config, limiter=workers)
         except TimeoutError:
             metrics.cancelled.labels("timeout").inc()
             raise ServiceError(
@@ -248,13 +257,100 @@ def create_app(qa: QuestionAnswerer, name: str = "model", settings: ServerSettin
             admitted -= 1
             metrics.in_flight.dec()
         work.observe_request(1000.0 * (time.perf_counter() - started), model_ms)
-        ratio = work.macs_ratio([w.length for w in windows], length_config)
+        ratio = work.macs_ratio([w.length for w in windows], length_config) if windows else 1.0
         metrics.macs_ratio.observe(ratio)
         response.headers["X-Length-Config"] = "full" if is_full_length(length_config) else str(length_config)
         response.headers["X-MACs-Ratio"] = f"{ratio:.4f}"
-        response.headers["X-Queue-Ms"] = f"{job.queue_ms or 0.0:.1f}"
+        response.headers["X-Queue-Ms"] = f"{queue_ms:.1f}"
+        return result
+
+    def checked(call: Callable):
+        """`call()`, its ValueError (so are BudgetError and LengthConfigError) a 422 saying why."""
+        try:
+            return call()
+        except ValueError as e:
+            raise ServiceError(422, str(e)) from None
+
+    @app.post("/", response_model=AnswerResponse, responses=ANSWER_ERRORS)
+    @app.post("/answer", response_model=AnswerResponse, responses=ANSWER_ERRORS)
+    async def answer(body: AnswerRequest, request: Request, response: Response):
+        """Answer one question about a context, or a list of them."""
+        pairs = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+        parameters = request_options(body.parameters)
+        check_limits(pairs, parameters)
+        questions, contexts = [p.question for p in pairs], [p.context for p in pairs]
+
+        def prepare():
+            opts = checked(lambda: qa.options(**parameters))
+            windows = checked(lambda: qa.windows(questions, contexts, **parameters))
+            return opts, windows, (opts, windows)
+
+        def finish(state, start_logits, end_logits, length_config):
+            opts, windows = state
+            return qa.decode(windows, contexts, start_logits, end_logits, opts)
+
+        pinned = any(name in parameters for name in LENGTH_CHOICES)
+        results = await through_model(request, response, prepare, finish, len(pairs), pinned)
         answers = [found[0] if len(found) == 1 else found for found in results]
         return answers if isinstance(body.inputs, list) else answers[0]
+
+    @app.post("/read", response_model=ReadResponse, response_model_exclude_none=True, responses=ANSWER_ERRORS)
+    async def read(body: ReadRequest, request: Request, response: Response):
+        """Answer one question from many documents (or, with `dtb serve --index`, from retrieved passages):
+        answers ranked across them by a calibrated score, each with its document and offsets."""
+        parameters = request_options(body.parameters)
+        check_top_k(parameters)
+        passages = None
+        if body.documents is None:
+            if retriever is None:
+                raise ServiceError(422, "documents: give the documents to read (this server has no --index)")
+            retrieve = body.retrieve or DEFAULT_RETRIEVE
+            if retrieve > settings.max_documents:
+                raise ServiceError(
+                    422, f"retrieve: {retrieve}, over the limit of {settings.max_documents} (--max-documents)"
+                )
+            passages = await anyio.to_thread.run_sync(
+                lambda: [p for p, _ in checked(lambda: retriever.retrieve(body.question, retrieve))], limiter=workers
+            )
+            documents = as_documents(passages)
+        else:
+            if body.retrieve is not None:
+                raise ServiceError(422, "retrieve: only without documents, from the server's --index")
+            documents = [d if isinstance(d, str) else d.model_dump(exclude_none=True) for d in body.documents]
+            check_documents(documents)
+        top_k = parameters.pop("top_k", 5)
+
+        def prepare():
+            reading = checked(
+                lambda: qa.start_read(
+                    body.question, documents, top_k, max_documents=settings.max_documents,
+                    max_characters=settings.max_documents * settings.max_context_chars, **parameters,
+                )
+            )  # fmt: skip
+            return reading.opts, reading.windows, reading
+
+        def finish(reading, start_logits, end_logits, length_config):
+            result = qa.finish_read(reading, start_logits, end_logits, length_config)
+            return result if passages is None else placed(result, passages)
+
+        if not documents:  # an index that shares no word with the question
+            return placed({"answers": [], "no_answer": 1.0, "skipped": [], "length_config": None}, [])
+        pinned = any(name in parameters for name in LENGTH_CHOICES)
+        return await through_model(request, response, prepare, finish, 1, pinned)
+
+    def check_documents(documents: list) -> None:
+        if len(documents) > settings.max_documents:
+            raise ServiceError(
+                422, f"documents: {len(documents)}, over the limit of {settings.max_documents} (--max-documents)"
+            )
+        for i, document in enumerate(documents):
+            text = document if isinstance(document, str) else document["text"]
+            if len(text) > settings.max_context_chars:
+                raise ServiceError(
+                    422,
+                    f"documents[{i}]: {len(text)} characters, over the limit of {settings.max_context_chars} "
+                    "(--max-context-chars)",
+                )
 
     @app.get("/health")
     async def health() -> dict:
@@ -395,7 +491,7 @@ class RequestGuard:
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
 
-KNOWN_PATHS = {"/", "/answer", "/health", "/ready", "/metrics", "/info", "/openapi.json"}
+KNOWN_PATHS = {"/", "/answer", "/read", "/health", "/ready", "/metrics", "/info", "/openapi.json"}
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from ..options import option_field, option_names, option_type
+from ..reading import NOT_FOR_READING
 
 
 def check_text(text: str) -> str:
@@ -62,6 +63,66 @@ class Answer(BaseModel):
 
 
 AnswerResponse = Answer | list[Answer] | list[Answer | list[Answer]]
+
+# `read` takes the per-request options but those deciding how the empty answer competes in one context
+ReadParameters = create_model(
+    "ReadParameters",
+    __base__=Strict,
+    **{name: request_field(name) for name in option_names(per_request_only=True) if name not in NOT_FOR_READING},
+)
+
+
+class Document(Strict):
+    id: str | int | None = Field(None, description="what answers name it by (default: its position)")
+    text: Text
+    meta: dict = Field(default_factory=dict, description="passed through untouched")
+
+
+class ReadRequest(Strict):
+    question: Annotated[Text, Field(min_length=1)]
+    documents: Annotated[list[Text | Document], Field(min_length=1)] | None = Field(
+        None, description="the texts to read; left out, the server retrieves passages from its --index"
+    )
+    retrieve: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="passages to retrieve from the server's --index (default 20), without documents"
+    )
+    parameters: ReadParameters = ReadParameters()
+
+
+class AnswerWindow(BaseModel):
+    index: int
+    start: int
+    end: int
+
+
+class ReadAnswer(BaseModel):
+    answer: str
+    score: float = Field(description="calibrated probability that the answer is right, comparable across documents")
+    margin: float
+    document_id: str
+    document_index: int
+    start: int = Field(description="character offsets into the document's text")
+    end: int
+    window: AnswerWindow
+    source: str | None = Field(None, description="with --index: the file the passage came from")
+    record: str | None = None
+    line: int | None = None
+    source_start: int | None = None
+    source_end: int | None = None
+
+
+class SkippedDocument(BaseModel):
+    document_id: str
+    document_index: int
+    reason: str
+
+
+class ReadResponse(BaseModel):
+    answers: list[ReadAnswer]
+    no_answer: float = Field(description="probability that none of the answers is right")
+    skipped: list[SkippedDocument]
+    length_config: str | None
+    passages: int | None = Field(None, description="with --index: passages retrieved and read")
 
 
 class FieldError(BaseModel):

@@ -41,6 +41,7 @@ class ServerSettings:
     max_inputs: int = setting(32, "(question, context) pairs in one request; 422 beyond")
     max_context_chars: int = setting(100_000, "characters in one context; 422 beyond")
     max_question_chars: int = setting(2_000, "characters in one question; 422 beyond")
+    max_documents: int = setting(100, "documents (or retrieved passages) one /read may read; 422 beyond")
     max_windows: int = setting(512, "model windows one request may need in all; 422 beyond")
     max_top_k: int = setting(20, "answers per question a request may ask for; 422 beyond")
     request_timeout_s: float = setting(60.0, "seconds a request may take; 504 beyond, its queued work cancelled")
