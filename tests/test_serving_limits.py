@@ -271,3 +271,14 @@ def test_an_accept_error_that_repeats_is_logged_once_per_interval_without_its_tr
     once.last -= 61
     later = record(ACCEPT_ERROR)
     assert once.filter(later) and "1000 more" in later.getMessage()
+
+
+@pytest.mark.parametrize(
+    "inputs, loc",
+    [([], ["body", "inputs"]), ([{"question": "q"}], ["body", "inputs", 0, "context"]), ({"question": 1}, None)],
+)
+def test_an_invalid_inputs_field_is_reported_in_the_form_sent_without_the_unions_names(qa, inputs, loc):
+    body = client_for(qa).post("/", json={"inputs": inputs}).json()
+    assert "QuestionContext" not in json.dumps(body)
+    if loc is not None:
+        assert body["errors"][0]["loc"] == loc

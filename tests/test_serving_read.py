@@ -33,7 +33,7 @@ def same_read(served: dict, direct: dict) -> None:
     assert len(served["answers"]) == len(direct["answers"])
     for s, d in zip(served["answers"], direct["answers"]):
         assert {k: v for k, v in s.items() if v is not None and k not in ("score", "margin")} == {
-            k: v for k, v in d.items() if k not in ("score", "margin")
+            k: v for k, v in d.items() if v is not None and k not in ("score", "margin")
         }
         assert s["score"] == pytest.approx(d["score"], rel=1e-5)
 

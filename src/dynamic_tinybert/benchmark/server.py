@@ -56,8 +56,8 @@ def free_port() -> int:
 def served(args: Sequence[str], model: str | None = None, ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[Server]:
     """`dtb serve` with `args` (and `--model`) on a free 127.0.0.1 port; yields it once ready, stops it after.
 
-    Ready is `GET /ready` answering 200 (503 while it loads and warms), or `/health` for a server without
-    `/ready` (404). Raises ServerError, with the end of the server's stderr, if it exits or is not ready in time.
+    Ready is `GET /ready` answering 200 (dtb serve listens only once it has warmed up). Raises ServerError,
+    with the end of the server's stderr, if it exits or is not ready in time.
     """
     url = f"http://127.0.0.1:{free_port()}"
     command = [*SERVE, "--port", url.rsplit(":", 1)[1], *args, *([] if model is None else ["--model", model])]
@@ -72,23 +72,18 @@ def served(args: Sequence[str], model: str | None = None, ready_timeout_s: float
 
 def wait_ready(url: str, process: subprocess.Popen, stderr, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    path = "/ready"
     while True:
         try:
-            urllib.request.urlopen(url + path, timeout=5).close()
+            urllib.request.urlopen(url + "/ready", timeout=5).close()
             return
-        except urllib.error.HTTPError as e:
-            if e.code == 404 and path == "/ready":
-                path = "/health"  # a server from before /ready: loaded is ready
-                continue
         except OSError:
-            pass  # not listening yet
+            pass  # not listening yet, or not ready (an HTTPError is an OSError)
         if process.poll() is not None:
             stderr.seek(0)
             tail = stderr.read().decode(errors="replace")[-2000:]
             raise ServerError(f"dtb serve exited with status {process.returncode}: {tail}")
         if time.monotonic() > deadline:
-            raise ServerError(f"dtb serve was not ready ({path}) within {timeout_s:.0f} s")
+            raise ServerError(f"dtb serve was not ready within {timeout_s:.0f} s")
         time.sleep(0.2)
 
 

@@ -127,7 +127,7 @@ def create_app(
         raw = e.errors()
         if raw and raw[0]["type"] == "json_invalid":
             return error_json(400, f"the body is not valid JSON: {raw[0].get('ctx', {}).get('error', 'cannot parse')}")
-        errors = field_errors(raw)
+        errors = field_errors(raw, e.body)
         shown = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}" for err in errors[:3])
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         return error_json(422, shown + more, errors)
@@ -407,23 +407,24 @@ def create_app(
     return app
 
 
-def field_errors(raw: list[dict]) -> list[dict]:
+def field_errors(raw: list[dict], body) -> list[dict]:
     """Validation errors as `FieldError`s, without the values sent and without the union's bookkeeping.
 
-    `inputs` is one pair or a list of pairs; pydantic reports a bad pair once per form it tried. Only the
-    form the request used is kept, and the forms' names are left out of where the error is.
+    `inputs` is one pair or a list of pairs, and pydantic reports a bad one under each form it tried; only
+    the errors of the form the request sent are kept (a list, or anything else as a pair), without the
+    form's name in where the error is.
     """
-    forms = {"QuestionContext": "list[QuestionContext]", "list[QuestionContext]": "QuestionContext"}
-    tried = {err["loc"][2] for err in raw if len(err["loc"]) > 2 and err["loc"][:2] == ("body", "inputs")}
+    sent_list = isinstance(body, dict) and isinstance(body.get("inputs"), list)
+    sent_form = "list[QuestionContext]" if sent_list else "QuestionContext"
     errors = []
     for err in raw:
         loc = list(err["loc"])
-        if loc[:2] == ["body", "inputs"] and len(loc) > 2 and loc[2] in forms:
-            if len(loc) == 3 and forms[loc[2]] in tried:  # "not a list" when a pair was sent, or the reverse
+        if loc[:2] == ["body", "inputs"] and len(loc) > 2 and loc[2] in ("QuestionContext", "list[QuestionContext]"):
+            if loc[2] != sent_form:
                 continue
             del loc[2]
         errors.append({"loc": loc, "msg": err["msg"], "type": err["type"]})
-    return errors or [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in raw]
+    return errors
 
 
 def public_name(name: str) -> str:

@@ -165,7 +165,9 @@ class Batcher:
                 return
 
     def _queued_tokens(self) -> int:
-        return sum(w.length for job in self._jobs for w in job.windows[job.scheduled :])
+        """Tokens queued under the oldest job's configuration: what the next batch can take."""
+        config = self._jobs[0].length_config
+        return sum(w.length for job in self._jobs if job.length_config == config for w in job.windows[job.scheduled :])
 
     def _take(self) -> list[tuple[Job, int]]:
         """The next batch: windows of the oldest job's configuration, jobs in turn, within the token budget."""

@@ -121,7 +121,7 @@ class ReadResponse(BaseModel):
     answers: list[ReadAnswer]
     no_answer: float = Field(description="probability that none of the answers is right")
     skipped: list[SkippedDocument]
-    length_config: str | None
+    length_config: str | None = Field(None, description="the length configuration that ran; absent: full length")
     passages: int | None = Field(None, description="with --index: passages retrieved and read")
 
 
