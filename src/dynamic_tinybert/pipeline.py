@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from . import checkpoint
 from .decoding import decode_answers
+from .explain import Explanation, explain
 from .features import Window, batches, make_windows
 from .frontier import BudgetError, Frontier, load_frontier
 from .length_config import LengthConfig
@@ -260,19 +261,36 @@ class QuestionAnswerer:
         for i, window in enumerate(windows):
             per_example[window.example].append(i)
         return [
-            decode_answers(
+            self.decode(
                 contexts[example],
                 [windows[i] for i in indices],
                 [start_logits[i] for i in indices],
                 [end_logits[i] for i in indices],
-                top_k=opts.top_k,
-                max_answer_len=opts.max_answer_len,
-                handle_impossible_answer=opts.handle_impossible_answer,
-                align_to_words=opts.align_to_words,
-                null_threshold=opts.null_threshold,
+                opts,
             )
             for example, indices in enumerate(per_example)
         ]
+
+    def decode(
+        self,
+        context: str,
+        windows: Sequence[Window],
+        start_logits: Sequence[np.ndarray],
+        end_logits: Sequence[np.ndarray],
+        opts: AnswerOptions,
+    ) -> list[dict]:
+        """The answers of one context, best first, from the logits of its windows under `opts`."""
+        return decode_answers(
+            context,
+            windows,
+            start_logits,
+            end_logits,
+            top_k=opts.top_k,
+            max_answer_len=opts.max_answer_len,
+            handle_impossible_answer=opts.handle_impossible_answer,
+            align_to_words=opts.align_to_words,
+            null_threshold=opts.null_threshold,
+        )
 
     @torch.inference_mode()
     def logits(
@@ -306,6 +324,11 @@ class QuestionAnswerer:
             [logits[0, i, : w.length] for i, w in enumerate(windows)],
             [logits[1, i, : w.length] for i, w in enumerate(windows)],
         )
+
+    def explain(self, question: str, context: str, **options) -> Explanation:
+        """Answer one question as a call with these options does, and show what each layer of the model kept
+        in the window that holds the best answer (see `explain.explain`)."""
+        return explain(self, question, context, **options)
 
     def options(self, **options) -> AnswerOptions:
         """The options a call with these runs with: over the defaults, window defaults filled in, checked.

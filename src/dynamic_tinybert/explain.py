@@ -1,0 +1,107 @@
+"""What each layer kept: one question answered with the model's trace, for showing where the compute went.
+
+Every window of the question runs alone with `trace=True`, under the length configuration an ordinary call
+with the same options would run; its answers are decoded from those very logits, and the window that
+holds the best answer (the first one when there is none) is described token by token, with the positions
+each layer kept as the model's `Trace` recorded them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .cost import macs
+from .features import Window, collate
+from .length_config import LengthConfig, full_length
+
+if TYPE_CHECKING:
+    from .pipeline import QuestionAnswerer
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One question's answers and, for the window of its best answer, what each layer kept."""
+
+    answers: list[dict]  # as the pipeline gives them, best first
+    length_config: LengthConfig  # what ran (full length spelt out when nothing drops)
+    window: int  # which of the question's windows is described
+    windows: int  # how many windows the context was split into
+    tokens: list[str]  # the window's tokens, [CLS] question [SEP] context [SEP]
+    segments: list[int | None]  # per token: 0 question, 1 context, None a special token
+    offsets: list[tuple[int, int]]  # per token: characters of the question (segment 0) or the context (1)
+    kept: list[list[int]]  # per layer: the window positions it kept, ascending
+    answer_tokens: list[int]  # the window positions of the best answer's context tokens; empty: none here
+    macs_ratio: float  # this window's MACs under `length_config`, over the full model's on it
+
+    def to_dict(self) -> dict:
+        return {
+            "answers": self.answers,
+            "length_config": str(self.length_config),
+            "macs_ratio": self.macs_ratio,
+            "window": self.window,
+            "windows": self.windows,
+            "tokens": self.tokens,
+            "segments": self.segments,
+            "offsets": [list(span) for span in self.offsets],
+            "kept": self.kept,
+            "answer_tokens": self.answer_tokens,
+        }
+
+
+@torch.inference_mode()
+def explain(qa: QuestionAnswerer, question: str, context: str, **options) -> Explanation:
+    """Answer `question` about `context` with `qa` under `options` (those of a call), tracing the model."""
+    opts = qa.options(**options)
+    windows = qa.windows([question], [context], **options)
+    config = qa.model.config
+    length_config = qa.length_config_for(opts, sum(w.length for w in windows))
+    starts, ends, kept = [], [], []
+    for window in windows:
+        batch = collate([window], qa.pad_id)
+        out = qa.model(
+            batch.input_ids.to(qa.device),
+            batch.attention_mask.to(qa.device),
+            batch.token_type_ids.to(qa.device),
+            length_config=length_config,
+            trace=True,
+        )
+        starts.append(out.start_logits[0].float().cpu().numpy())
+        ends.append(out.end_logits[0].float().cpu().numpy())
+        kept.append(out.trace.kept_positions(0))
+    answers = qa.decode(context, windows, starts, ends, opts)
+    best = answers[0] if answers and answers[0]["answer"] else None
+    shown = next((i for i, w in enumerate(windows) if best and _covers(w, best["start"], best["end"])), 0)
+    window = windows[shown]
+    encoding = window.encoding
+    return Explanation(
+        answers=answers,
+        length_config=length_config or full_length(config.num_hidden_layers),
+        window=shown,
+        windows=len(windows),
+        tokens=list(encoding.tokens),
+        segments=list(encoding.sequence_ids),
+        offsets=[tuple(span) for span in encoding.offsets],
+        kept=kept[shown],
+        answer_tokens=[] if best is None else _tokens_within(window, best["start"], best["end"]),
+        macs_ratio=macs(config, window.length, length_config) / macs(config, window.length),
+    )
+
+
+def _context_tokens(window: Window) -> list[int]:
+    return [i for i, segment in enumerate(window.encoding.sequence_ids) if segment == 1]
+
+
+def _covers(window: Window, start: int, end: int) -> bool:
+    """Whether the window's context tokens span the characters start..end."""
+    tokens = _context_tokens(window)
+    offsets = window.encoding.offsets
+    return bool(tokens) and offsets[tokens[0]][0] <= start and end <= offsets[tokens[-1]][1]
+
+
+def _tokens_within(window: Window, start: int, end: int) -> list[int]:
+    """The window's context tokens that overlap the characters start..end."""
+    offsets = window.encoding.offsets
+    return [i for i in _context_tokens(window) if offsets[i][0] < end and start < offsets[i][1]]
