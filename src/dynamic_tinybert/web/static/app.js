@@ -197,7 +197,7 @@ function highlight(context, answers) {
   }
 }
 
-function showAnswers(answers, context, reply) {
+function showAnswers(answers, context, reply, point) {
   $("answers-section").hidden = false;
   const list = $("answers");
   list.replaceChildren();
@@ -218,6 +218,7 @@ function showAnswers(answers, context, reply) {
   const parts = [`Answered in ${reply.ms.toFixed(0)} ms (round trip from this page)`];
   if (queue !== null) parts.push(`${Number(queue).toFixed(0)} ms of it queued`);
   if (ran !== null) parts.push(`length configuration ${ran}`);
+  else if (point) parts.push(`asked at length configuration ${point.length_config}`);
   if (macs !== null) parts.push(`${Number(macs).toFixed(3)} of the full model's MACs`);
   $("run-info").textContent = parts.join("; ") + ".";
 }
@@ -296,7 +297,7 @@ async function ask(asked) {
     }
     showError("");
     const answers = Array.isArray(reply.data) ? reply.data : [reply.data];
-    showAnswers(answers, asked.context, reply);
+    showAnswers(answers, asked.context, reply, point);
     addHistory(answers, reply, point);
     $("status").textContent = `Answered in ${reply.ms.toFixed(0)} ms; tracing the layers…`;
     const traced = await request("./explain", body);
