@@ -191,5 +191,6 @@ def test_the_page_fits_a_narrow_screen(page):
     page.set_viewport_size({"width": 360, "height": 800})
     try:
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        page.screenshot(path=str(ARTIFACTS / "page-narrow.png"), full_page=True)
     finally:
         page.set_viewport_size({"width": 1000, "height": 900})

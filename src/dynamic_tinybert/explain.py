@@ -1,24 +1,23 @@
-"""What each layer kept: one question answered with the model's trace, for showing where the compute went.
+"""What each layer kept: a question's windows run with the model's trace, for showing where the compute went.
 
-Every window of the question runs alone with `trace=True`, under the length configuration an ordinary call
-with the same options would run; its answers are decoded from those very logits, and the window that
-holds the best answer (the first one when there is none) is described token by token, with the positions
-each layer kept as the model's `Trace` recorded them.
+`QuestionAnswerer.explain` runs every window of one question alone with `trace_window`, under the length
+configuration an ordinary call with the same options would run, decodes the answers from those very
+logits, and `describe` gives the window that holds the best answer (the first one when there is none)
+token by token, with the positions each layer kept as the model's `Trace` recorded them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .cost import macs
 from .features import Window, collate
 from .length_config import LengthConfig, full_length
-
-if TYPE_CHECKING:
-    from .pipeline import QuestionAnswerer
+from .model import BertConfig, BertForQuestionAnswering
 
 
 @dataclass(frozen=True)
@@ -51,27 +50,42 @@ class Explanation:
         }
 
 
+@dataclass(frozen=True)
+class TracedWindow:
+    """One window's run with the trace on: its span logits and the positions each layer kept."""
+
+    start_logits: np.ndarray  # (T,)
+    end_logits: np.ndarray  # (T,)
+    kept: list[list[int]]  # per layer, ascending
+
+
 @torch.inference_mode()
-def explain(qa: QuestionAnswerer, question: str, context: str, **options) -> Explanation:
-    """Answer `question` about `context` with `qa` under `options` (those of a call), tracing the model."""
-    opts = qa.options(**options)
-    windows = qa.windows([question], [context], **options)
-    config = qa.model.config
-    length_config = qa.length_config_for(opts, sum(w.length for w in windows))
-    starts, ends, kept = [], [], []
-    for window in windows:
-        batch = collate([window], qa.pad_id)
-        out = qa.model(
-            batch.input_ids.to(qa.device),
-            batch.attention_mask.to(qa.device),
-            batch.token_type_ids.to(qa.device),
-            length_config=length_config,
-            trace=True,
-        )
-        starts.append(out.start_logits[0].float().cpu().numpy())
-        ends.append(out.end_logits[0].float().cpu().numpy())
-        kept.append(out.trace.kept_positions(0))
-    answers = qa.decode(context, windows, starts, ends, opts)
+def trace_window(
+    model: BertForQuestionAnswering, window: Window, length_config: LengthConfig | None, pad_id: int = 0
+) -> TracedWindow:
+    """Run one window alone (no padding: every position is real) under `length_config`, tracing the model."""
+    batch = collate([window], pad_id)
+    device = next(model.parameters()).device
+    out = model(
+        batch.input_ids.to(device),
+        batch.attention_mask.to(device),
+        batch.token_type_ids.to(device),
+        length_config=length_config,
+        trace=True,
+    )
+    return TracedWindow(
+        out.start_logits[0].float().cpu().numpy(), out.end_logits[0].float().cpu().numpy(), out.trace.kept_positions(0)
+    )
+
+
+def describe(
+    config: BertConfig,
+    windows: Sequence[Window],
+    runs: Sequence[TracedWindow],
+    answers: list[dict],
+    length_config: LengthConfig | None,
+) -> Explanation:
+    """The explanation of a question's traced windows: the one holding the best answer (else the first)."""
     best = answers[0] if answers and answers[0]["answer"] else None
     shown = next((i for i, w in enumerate(windows) if best and _covers(w, best["start"], best["end"])), 0)
     window = windows[shown]
@@ -84,7 +98,7 @@ def explain(qa: QuestionAnswerer, question: str, context: str, **options) -> Exp
         tokens=list(encoding.tokens),
         segments=list(encoding.sequence_ids),
         offsets=[tuple(span) for span in encoding.offsets],
-        kept=kept[shown],
+        kept=runs[shown].kept,
         answer_tokens=[] if best is None else _tokens_within(window, best["start"], best["end"]),
         macs_ratio=macs(config, window.length, length_config) / macs(config, window.length),
     )

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 from . import checkpoint
 from .decoding import decode_answers
-from .explain import Explanation, explain
+from .explain import Explanation, describe, trace_window
 from .features import Window, batches, make_windows
 from .frontier import BudgetError, Frontier, load_frontier
 from .length_config import LengthConfig
@@ -326,9 +326,14 @@ class QuestionAnswerer:
         )
 
     def explain(self, question: str, context: str, **options) -> Explanation:
-        """Answer one question as a call with these options does, and show what each layer of the model kept
-        in the window that holds the best answer (see `explain.explain`)."""
-        return explain(self, question, context, **options)
+        """Answer one question as a call with these options does, each window run alone with the model's trace,
+        and say what each layer kept in the window that holds the best answer (see `explain`)."""
+        opts = self.options(**options)
+        windows = self._windows([question], [context], opts)
+        length_config = self.length_config_for(opts, sum(w.length for w in windows))
+        runs = [trace_window(self.model, window, length_config, self.pad_id) for window in windows]
+        answers = self.decode(context, windows, [r.start_logits for r in runs], [r.end_logits for r in runs], opts)
+        return describe(self.model.config, windows, runs, answers, length_config)
 
     def options(self, **options) -> AnswerOptions:
         """The options a call with these runs with: over the defaults, window defaults filled in, checked.
