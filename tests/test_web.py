@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from test_frontier import FRONTIER, MID
 
 from dynamic_tinybert import QuestionAnswerer
-from dynamic_tinybert.serving import create_app
+from dynamic_tinybert.serving import ServerSettings, create_app
 from dynamic_tinybert.web import router
 
 QUESTION = "where does alice live ?"
@@ -24,8 +24,9 @@ def qa(tiny_checkpoint: Path) -> QuestionAnswerer:
 
 @pytest.fixture
 def client(qa: QuestionAnswerer) -> TestClient:
-    app = create_app(qa, name="tiny")
-    app.include_router(router(qa, max_context_chars=200))
+    settings = ServerSettings(max_context_chars=200, max_top_k=5)
+    app = create_app(qa, name="tiny", settings=settings)
+    app.include_router(router(qa, settings))
     return TestClient(app)
 
 
@@ -86,9 +87,15 @@ def test_explain_refuses_bad_parameters_with_a_422_that_says_why(client, paramet
     assert said in str(response.json()["detail"])
 
 
-def test_explain_refuses_a_context_over_its_limit_naming_it(client):
+def test_explain_refuses_a_context_over_the_servers_limit_naming_it(client):
     response = explain(client, context="alice lives in oslo . " * 20)
     assert response.status_code == 422 and "inputs.context" in response.json()["detail"]
+    assert "--max-context-chars" in response.json()["detail"]
+
+
+def test_explain_refuses_more_answers_than_the_servers_limit(client):
+    response = explain(client, top_k=6)
+    assert response.status_code == 422 and "top_k" in response.json()["detail"]
 
 
 def test_explain_refuses_an_empty_question(client):

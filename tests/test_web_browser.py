@@ -1,22 +1,21 @@
-"""The page in a real browser: Debian's chromium, headless, driven by Playwright, against a real uvicorn server
-on loopback answering with the shipped model. Writes a screenshot and the page's timings to the artifacts
-folder ($DTB_TEST_ARTIFACTS, else build/test-artifacts). Without chromium or Playwright it skips, except in
-CI (CI=true), where it fails: .ci/run installs both."""
+"""The page in a real browser: Debian's chromium, headless, driven by Playwright, against `dtb serve`'s own HTTP
+server on a free loopback port, answering with the shipped model. Writes a screenshot and the page's timings to
+the artifacts folder ($DTB_TEST_ARTIFACTS, else build/test-artifacts). Without chromium or Playwright it skips,
+except in CI (CI=true), where it fails: .ci/run installs both."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serving_helpers import running
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer
-from dynamic_tinybert.serving import create_app
+from dynamic_tinybert.serving import ServerSettings, create_app
 from dynamic_tinybert.web import router
 
 from conftest import one_torch_thread
@@ -55,26 +54,12 @@ def qa() -> Iterator[QuestionAnswerer]:
 
 @pytest.fixture(scope="module")
 def server(qa: QuestionAnswerer) -> Iterator[str]:
-    """The service with the page, run by uvicorn in a thread on a free loopback port; yields its URL."""
-    import uvicorn
-
-    app = create_app(qa, name="dynamic-minilm-l6-squad")
-    app.include_router(router(qa))
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    port = listening.getsockname()[1]
-    running = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=running.run, kwargs={"sockets": [listening]}, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if running.started:
-            break
-        thread.join(0.05)
-    assert running.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}/"
-    running.should_exit = True
-    thread.join(10)
-    listening.close()
+    """`dtb serve`'s app with the page, run by its HTTP server in a thread on a free loopback port."""
+    settings = ServerSettings()
+    app = create_app(qa, name="dynamic-minilm-l6-squad", settings=settings)
+    app.include_router(router(qa, settings))
+    with running(app, settings) as url:
+        yield url + "/"
 
 
 @pytest.fixture(scope="module")

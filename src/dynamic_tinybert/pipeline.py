@@ -261,36 +261,19 @@ class QuestionAnswerer:
         for i, window in enumerate(windows):
             per_example[window.example].append(i)
         return [
-            self.decode(
+            decode_answers(
                 contexts[example],
                 [windows[i] for i in indices],
                 [start_logits[i] for i in indices],
                 [end_logits[i] for i in indices],
-                opts,
+                top_k=opts.top_k,
+                max_answer_len=opts.max_answer_len,
+                handle_impossible_answer=opts.handle_impossible_answer,
+                align_to_words=opts.align_to_words,
+                null_threshold=opts.null_threshold,
             )
             for example, indices in enumerate(per_example)
         ]
-
-    def decode(
-        self,
-        context: str,
-        windows: Sequence[Window],
-        start_logits: Sequence[np.ndarray],
-        end_logits: Sequence[np.ndarray],
-        opts: AnswerOptions,
-    ) -> list[dict]:
-        """The answers of one context, best first, from the logits of its windows under `opts`."""
-        return decode_answers(
-            context,
-            windows,
-            start_logits,
-            end_logits,
-            top_k=opts.top_k,
-            max_answer_len=opts.max_answer_len,
-            handle_impossible_answer=opts.handle_impossible_answer,
-            align_to_words=opts.align_to_words,
-            null_threshold=opts.null_threshold,
-        )
 
     @torch.inference_mode()
     def logits(
@@ -330,9 +313,10 @@ class QuestionAnswerer:
         and say what each layer kept in the window that holds the best answer (see `explain`)."""
         opts = self.options(**options)
         windows = self._windows([question], [context], opts)
-        length_config = self.length_config_for(opts, sum(w.length for w in windows))
+        length_config = self.length_config_for(opts, tokens_per_question(windows, 1))
         runs = [trace_window(self.model, window, length_config, self.pad_id) for window in windows]
-        answers = self.decode(context, windows, [r.start_logits for r in runs], [r.end_logits for r in runs], opts)
+        starts, ends = [r.start_logits for r in runs], [r.end_logits for r in runs]
+        answers = self.decode(windows, [context], starts, ends, opts)[0]
         return describe(self.model.config, windows, runs, answers, length_config)
 
     def options(self, **options) -> AnswerOptions:

@@ -13,44 +13,25 @@ from importlib import resources
 
 from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, Field
 
 from ..length_config import LengthConfig
-from ..options import option_field, option_names, option_type
 from ..pipeline import QuestionAnswerer
+from ..serving.schema import Parameters, QuestionContext, Strict, error_responses
+from ..serving.settings import ServerSettings
 
 ASSETS = {  # file name -> media type; nothing else under static/ is served
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "examples.json": "application/json",
 }
-MAX_CONTEXT_CHARS = 20_000  # /explain runs every window alone and keeps a trace: a longer context is refused
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is an error, not silently ignored
-
-
-class QuestionContext(Strict):
-    question: str
-    context: str
-
-
-def parameter(name: str) -> tuple:
-    """An `AnswerOptions` field as an optional request parameter (a length config travels as its text)."""
-    kind = str if name == "length_config" else option_type(name)
-    return kind | None, Field(None, description=option_field(name).metadata["help"])
-
-
-# The options of `POST /`'s parameters, so that the page sends one body to both endpoints.
-ExplainParameters = create_model(
-    "ExplainParameters", __base__=Strict, **{name: parameter(name) for name in option_names(per_request_only=True)}
-)
 
 
 class ExplainRequest(Strict):
+    """The body of `POST /` for one question: the page sends the same body to both."""
+
     inputs: QuestionContext
-    parameters: ExplainParameters = ExplainParameters()
+    parameters: Parameters = Parameters()
 
 
 class ExplainResponse(BaseModel):
@@ -70,8 +51,9 @@ def asset(name: str) -> str:
     return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
 
-def router(qa: QuestionAnswerer, max_context_chars: int = MAX_CONTEXT_CHARS) -> APIRouter:
-    """The page, its assets and `POST /explain`, answering with `qa`."""
+def router(qa: QuestionAnswerer, settings: ServerSettings | None = None) -> APIRouter:
+    """The page, its assets and `POST /explain`, answering with `qa` within the limits of `settings`."""
+    settings = settings or ServerSettings()
     routes = APIRouter()
     page = asset("index.html")
     assets = {name: asset(name) for name in ASSETS}
@@ -88,14 +70,21 @@ def router(qa: QuestionAnswerer, max_context_chars: int = MAX_CONTEXT_CHARS) -> 
             raise HTTPException(404, f"no asset {name!r}")
         return Response(assets[name], media_type=ASSETS[name], headers=no_cache)
 
-    @routes.post("/explain", response_model=ExplainResponse)
+    @routes.post("/explain", response_model=ExplainResponse, responses=error_responses(400, 413, 422))
     def explain(request: ExplainRequest, response: Response) -> dict:
-        """Answer one question and say which tokens each layer kept, in the window of the best answer."""
-        if len(request.inputs.context) > max_context_chars:
-            raise HTTPException(
-                422, f"inputs.context has {len(request.inputs.context)} characters; /explain takes {max_context_chars}"
-            )
+        """Answer one question and say which tokens each layer kept, in the window of the best answer.
+
+        Each window runs alone with the model's trace, outside the batching loop, one request at a time."""
+        for field, limit, flag in (
+            ("question", settings.max_question_chars, "--max-question-chars"),
+            ("context", settings.max_context_chars, "--max-context-chars"),
+        ):
+            length = len(getattr(request.inputs, field))
+            if length > limit:
+                raise HTTPException(422, f"inputs.{field}: {length} characters, over the limit of {limit} ({flag})")
         options = request.parameters.model_dump(exclude_none=True)
+        if options.get("top_k", 1) > settings.max_top_k:
+            raise HTTPException(422, f"parameters.top_k: {options['top_k']}, over the limit of {settings.max_top_k}")
         try:
             if "length_config" in options:
                 options["length_config"] = LengthConfig.parse(options["length_config"])
