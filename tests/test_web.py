@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hypothesis
 import pytest
+import schemathesis
 from fastapi.testclient import TestClient
 from test_frontier import FRONTIER, MID
 
@@ -101,3 +103,25 @@ def test_explain_refuses_more_answers_than_the_servers_limit(client):
 def test_explain_refuses_an_empty_question(client):
     response = explain(client, question="  ")
     assert response.status_code == 422 and "question" in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_fuzzing_explain_from_its_schema_never_gets_a_5xx_and_every_response_conforms(qa):
+    """schemathesis draws /explain requests from the OpenAPI schema, valid and not."""
+    settings = ServerSettings(max_context_chars=5_000)
+    app = create_app(qa, settings=settings)
+    app.include_router(router(qa, settings))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    (operation,) = [r.ok() for r in schema.get_all_operations() if r.ok().path == "/explain"]
+    calls = {mode: 0 for mode in schemathesis.GenerationMode}
+    for mode in schemathesis.GenerationMode:
+
+        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+        @hypothesis.settings(max_examples=40, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+        def call(case):
+            calls[case.meta.generation.mode] += 1
+            # a schema cannot say every rule (a length config's layers, the server's limits): a valid body may 422
+            case.call_and_validate(excluded_checks=[schemathesis.checks.positive_data_acceptance])
+
+        call()
+    assert all(n >= 20 for n in calls.values()), calls

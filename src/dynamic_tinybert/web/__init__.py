@@ -25,6 +25,8 @@ ASSETS = {  # file name -> media type; nothing else under static/ is served
     "style.css": "text/css; charset=utf-8",
     "examples.json": "application/json",
 }
+# what the service's request guard (body size, read time, content type) and the checks below may answer
+EXPLAIN_ERRORS = error_responses(400, 408, 413, 415, 422, 499)
 
 
 class ExplainRequest(Strict):
@@ -70,7 +72,7 @@ def router(qa: QuestionAnswerer, settings: ServerSettings | None = None) -> APIR
             raise HTTPException(404, f"no asset {name!r}")
         return Response(assets[name], media_type=ASSETS[name], headers=no_cache)
 
-    @routes.post("/explain", response_model=ExplainResponse, responses=error_responses(400, 413, 422))
+    @routes.post("/explain", response_model=ExplainResponse, responses=EXPLAIN_ERRORS)
     def explain(request: ExplainRequest, response: Response) -> dict:
         """Answer one question and say which tokens each layer kept, in the window of the best answer.
 
