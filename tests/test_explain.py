@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_frontier import FRONTIER, MID
 
-from dynamic_tinybert import LengthConfig, QuestionAnswerer
+from dynamic_tinybert import QuestionAnswerer
 
 QUESTION = "where does alice live ?"
 CONTEXT = "carol lives in rome . alice lives in oslo . bob lives in paris ."
@@ -41,7 +41,7 @@ def test_a_budget_runs_the_frontiers_choice_and_each_layer_keeps_its_count(qa):
 def test_at_full_length_every_layer_keeps_every_token(qa):
     explained = qa.explain(QUESTION, CONTEXT)
     assert explained.kept == [list(range(len(explained.tokens)))] * qa.model.config.num_hidden_layers
-    assert explained.length_config == LengthConfig.ratios([1.0] * qa.model.config.num_hidden_layers)
+    assert explained.length_config is None and explained.to_dict()["length_config"] == "full"  # as the service says
     assert explained.macs_ratio == 1.0
 
 

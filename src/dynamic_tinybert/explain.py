@@ -16,7 +16,7 @@ import torch
 
 from .cost import macs
 from .features import Window, collate
-from .length_config import LengthConfig, full_length
+from .length_config import LengthConfig, is_full_length
 from .model import BertConfig, BertForQuestionAnswering
 
 
@@ -25,7 +25,7 @@ class Explanation:
     """One question's answers and, for the window of its best answer, what each layer kept."""
 
     answers: list[dict]  # as the pipeline gives them, best first
-    length_config: LengthConfig  # what ran (full length spelt out when nothing drops)
+    length_config: LengthConfig | None  # what ran; None: full length
     window: int  # which of the question's windows is described
     windows: int  # how many windows the context was split into
     tokens: list[str]  # the window's tokens, [CLS] question [SEP] context [SEP]
@@ -38,7 +38,7 @@ class Explanation:
     def to_dict(self) -> dict:
         return {
             "answers": self.answers,
-            "length_config": str(self.length_config),
+            "length_config": "full" if is_full_length(self.length_config) else str(self.length_config),
             "macs_ratio": self.macs_ratio,
             "window": self.window,
             "windows": self.windows,
@@ -92,7 +92,7 @@ def describe(
     encoding = window.encoding
     return Explanation(
         answers=answers,
-        length_config=length_config or full_length(config.num_hidden_layers),
+        length_config=length_config,
         window=shown,
         windows=len(windows),
         tokens=list(encoding.tokens),

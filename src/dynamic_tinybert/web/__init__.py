@@ -38,7 +38,7 @@ class ExplainRequest(Strict):
 
 class ExplainResponse(BaseModel):
     answers: list[dict] = Field(description="the answers, best first, as `POST /` gives them")
-    length_config: str = Field(description="the length configuration that ran")
+    length_config: str = Field(description="the length configuration that ran, or `full`")
     macs_ratio: float = Field(description="the described window's MACs over the full model's on it")
     window: int = Field(description="which of the context's windows is described: the one of the best answer")
     windows: int = Field(description="how many windows the context was split into")
@@ -94,7 +94,8 @@ def router(qa: QuestionAnswerer, settings: ServerSettings | None = None) -> APIR
                 explained = qa.explain(request.inputs.question, request.inputs.context, **options)
         except ValueError as e:  # so are BudgetError and LengthConfigError
             raise HTTPException(422, str(e)) from None
-        response.headers["X-Length-Config"] = str(explained.length_config)
-        return explained.to_dict()
+        body = explained.to_dict()
+        response.headers["X-Length-Config"] = body["length_config"]
+        return body
 
     return routes
