@@ -359,6 +359,21 @@ def test_the_trace_ends_with_the_tokens_that_leave_the_last_layer_fresh():
     assert set(trace.positions[-1][0][kept[0]].tolist()) < set(trace.positions[-2][0][trace.masks[-2][0]].tolist())
 
 
+def test_kept_positions_are_each_layers_real_kept_tokens_nested_and_the_fresh_ones_last():
+    model = tiny_model()
+    ids, mask, types = make_batch([20, 13], [4, 3], model.config.vocab_size)
+    config = LengthConfig.ratios([1.0, 0.5, 0.25])
+    with torch.no_grad():
+        out = model(ids, mask, types, length_config=config, trace=True)
+    for row, length in enumerate([20, 13]):
+        kept = out.trace.kept_positions(row)
+        assert [len(layer) for layer in kept] == config.keep_counts(torch.tensor([length]))[0].tolist()
+        assert kept[0] == list(range(length))  # a layer keeping every token keeps them all, padding none
+        assert all(set(later) <= set(earlier) for earlier, later in zip(kept, kept[1:]))
+        assert all(layer[0] == 0 for layer in kept)  # [CLS] survives every layer
+        assert kept[-1] == out.fresh[row].nonzero().flatten().tolist()
+
+
 def test_every_position_is_fresh_when_no_layer_drops_a_token():
     model = tiny_model()
     ids, mask, types = make_batch([20, 13], [4, 3], model.config.vocab_size)

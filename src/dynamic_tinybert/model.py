@@ -328,6 +328,13 @@ class Trace:
     positions: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each, one more than layers
     token_scores: list[torch.Tensor] = field(default_factory=list)  # (B, T_i) each
 
+    def kept_positions(self, row: int = 0) -> list[list[int]]:
+        """The original positions each layer that ran kept for input `row`, ascending: the tokens it passed to
+        its feed-forward and the next layer (every real token when it dropped none)."""
+        return [
+            sorted(positions[row][mask[row]].tolist()) for positions, mask in zip(self.positions[1:], self.masks[1:])
+        ]
+
 
 class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):

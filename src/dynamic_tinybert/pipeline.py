@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from . import checkpoint
 from .decoding import decode_answers
+from .explain import Explanation, describe, trace_window
 from .features import Window, batches, make_windows
 from .frontier import BudgetError, Frontier, load_frontier
 from .length_config import LengthConfig
@@ -306,6 +307,17 @@ class QuestionAnswerer:
             [logits[0, i, : w.length] for i, w in enumerate(windows)],
             [logits[1, i, : w.length] for i, w in enumerate(windows)],
         )
+
+    def explain(self, question: str, context: str, **options) -> Explanation:
+        """Answer one question as a call with these options does, each window run alone with the model's trace,
+        and say what each layer kept in the window that holds the best answer (see `explain`)."""
+        opts = self.options(**options)
+        windows = self._windows([question], [context], opts)
+        length_config = self.length_config_for(opts, tokens_per_question(windows, 1))
+        runs = [trace_window(self.model, window, length_config, self.pad_id) for window in windows]
+        starts, ends = [r.start_logits for r in runs], [r.end_logits for r in runs]
+        answers = self.decode(windows, [context], starts, ends, opts)[0]
+        return describe(self.model.config, windows, runs, answers, length_config)
 
     def options(self, **options) -> AnswerOptions:
         """The options a call with these runs with: over the defaults, window defaults filled in, checked.
