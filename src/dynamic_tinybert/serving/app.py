@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import web
 from ..features import Window
 from ..length_config import LengthConfig, is_full_length
 from ..options import LENGTH_CHOICES, AnswerOptions
@@ -401,6 +402,7 @@ def create_app(
             ],
         }
 
+    app.include_router(web.router(qa, settings))  # GET / (the page), its assets, POST /explain
     app.state.batcher = batcher
     app.state.work = work
     app.state.metrics = metrics
@@ -492,7 +494,7 @@ class RequestGuard:
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
 
-KNOWN_PATHS = {"/", "/answer", "/read", "/health", "/ready", "/metrics", "/info", "/openapi.json"}
+KNOWN_PATHS = {"/", "/answer", "/read", "/explain", "/health", "/ready", "/metrics", "/info", "/openapi.json"}
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
