@@ -363,7 +363,8 @@ async function loadInfo() {
   }
   const info = reply.data;
   $("model-info").textContent =
-    `Model ${info.model}: ${info.layers} layers, ${info.hidden_size} wide, tokens chosen by ${info.token_selection}.`;
+    `Model ${info.model}: ${info.layers} layers, ${info.hidden_size} wide; each layer keeps the tokens ` +
+    (info.token_selection === "learned" ? "its learned scorer ranks highest." : "that receive the most attention.");
   if (!info.frontier || !info.frontier.length) {
     $("no-frontier").hidden = false;
     return;
