@@ -55,6 +55,7 @@ from dynamic_tinybert.benchmark.server import (
     rss_mib,
     served,
 )
+from dynamic_tinybert.cli.common import positive_float, positive_int
 from dynamic_tinybert.precision import PRECISIONS
 from dynamic_tinybert.squad import SquadDataset, SquadQuestion, f1_score, load_squad
 
@@ -370,23 +371,6 @@ def markdown(result: dict) -> str:
             lines += [f"| {s['name']} | {config} | {n} |" for config, n in s["length_configs"].items()]
     lines += ["", "Servers:", ""] + [f"- {s['name']}: `{s['command']}`" for s in result["servers"]]
     return "\n".join(lines) + "\n"
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number > 0")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = positive_float(text)
-    if value != int(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    return int(value)
 
 
 def main() -> None:

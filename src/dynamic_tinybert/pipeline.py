@@ -137,17 +137,8 @@ class QuestionAnswerer:
         windows = self._windows(questions, contexts, opts)
         return Answers(self._answer(windows, contexts, opts, progress), windows)
 
-    def read(
-        self,
-        question: str,
-        documents: Sequence,
-        top_k: int = 5,
-        overlap_threshold: float | None = 0.01,
-        max_documents: int = MAX_DOCUMENTS,
-        max_characters: int = MAX_CHARACTERS,
-        **options,
-    ) -> dict:
-        """Answer one question from many documents: the `top_k` answers across all of them, best first.
+    def read(self, question: str, documents: Sequence, **options) -> dict:
+        """Answer one question from many documents: the `top_k` (5) answers across all of them, best first.
 
         `documents`: strings, or {"id", "text", "meta"} dicts (a string's id is its position). Returns
         {"answers": [{"answer", "score", "margin", "document_id", "document_index", "start", "end", "window"}],
@@ -155,14 +146,13 @@ class QuestionAnswerer:
         index the document's text, "window" is the index and character range of the window the answer came
         from, a score is the calibrated probability that the answer is right, comparable across documents
         (`reading.py`), "no_answer" the probability that none is, "skipped" the empty documents left out.
-        Answers of one document overlapping by more than `overlap_threshold` of the shorter are kept once
-        (None: only identical ones); `max_documents` and `max_characters` bound the work. The answering
+        Answers of one document overlapping by more than `overlap_threshold` (0.01) of the shorter are kept
+        once (None: only identical ones); `max_documents` and `max_characters` bound the work (`start_read`
+        holds their defaults). The answering
         options (`budget`, `length_config`, `max_answer_len`, windows, `batch_size`) apply as to one
         context; `latency_ms` bounds the whole read, all documents' windows together.
         """
-        reading = self.start_read(
-            question, documents, top_k, overlap_threshold, max_documents, max_characters, **options
-        )
+        reading = self.start_read(question, documents, **options)
         length_config = self.length_config_for(reading.opts, sum(w.length for w in reading.windows))
         start_logits, end_logits = self.logits(reading.windows, length_config, reading.opts.batch_size)
         return self.finish_read(reading, start_logits, end_logits, length_config)
