@@ -4,7 +4,6 @@ load a model, so they are slow (a local Ray instance takes seconds to start on a
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -12,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_batch_job import question_lines, read_output, write_jsonl
 
 from dynamic_tinybert import QuestionAnswerer, checkpoint
 from dynamic_tinybert.batch_job import run_job
 
 from conftest import make_tiny_tokenizer, tiny_model
-from test_batch_job import question_lines, read_output, write_jsonl
 
 ray = pytest.importorskip("ray")
 scale_out = pytest.importorskip("dynamic_tinybert.scale_out")
