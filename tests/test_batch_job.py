@@ -13,6 +13,7 @@ import pytest
 
 from dynamic_tinybert import QuestionAnswerer, checkpoint, cli
 from dynamic_tinybert.batch_job import AnswerLog, JobInputError, plan_job, run_job
+from dynamic_tinybert.frontier import BudgetError
 
 from conftest import make_tiny_tokenizer, tiny_model
 
@@ -98,6 +99,13 @@ def test_resume_cuts_a_torn_last_line_away_and_answers_that_id_again(qa, tmp_pat
     summary = run_job(qa, source, torn, chunk_size=2, resume=True)
     assert summary.skipped == 2
     assert sorted(read_output(torn), key=lambda a: a["id"]) == sorted(read_output(whole), key=lambda a: a["id"])
+
+
+def test_a_budget_without_a_frontier_fails_before_the_output_is_touched(qa, tmp_path: Path):
+    source = write_jsonl(tmp_path / "in.jsonl", question_lines(2))
+    with pytest.raises(BudgetError, match="no accuracy/cost frontier"):
+        run_job(qa, source, tmp_path / "out.jsonl", budget=0.5)
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_existing_output_is_refused_without_resume(qa, tmp_path: Path):

@@ -232,6 +232,11 @@ def _raise_for_line(qa, path, questions: list[Question], options: dict) -> None:
             raise JobInputError(f"{path}:{q.line}: {str(e).removeprefix('question 0 ')}") from None
 
 
+def check_options(qa, options: dict) -> None:
+    """Raise for options `qa` cannot answer with (a budget without a frontier too): before any input is read."""
+    qa.length_config_for(qa.options(**options))
+
+
 class AnswerLog:
     """The output file, appended a chunk at a time in one write each, flushed to disk.
 
@@ -256,7 +261,9 @@ class AnswerLog:
             try:
                 question_id = json.loads(raw)["id"]
             except (ValueError, KeyError, TypeError):
-                raise JobInputError(f"{self.path}:{number}: not a line of answers this job writes") from None
+                question_id = None
+            if not isinstance(question_id, str):
+                raise JobInputError(f"{self.path}:{number}: not a line of answers this job writes")
             digests += digest(question_id)
             whole = offset + len(raw)
         if whole < self.path.stat().st_size:
@@ -295,7 +302,7 @@ def run_job(
     written. With `resume`, ids already in `output` are skipped, so an interrupted job finishes with each id
     exactly once.
     """
-    qa.options(**options)  # bad options fail before the input is read
+    check_options(qa, options)
     with AnswerLog(output, resume) as log:
         plan = plan_job(input, chunk_size, log.done)
         if on_plan is not None:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from .batch_job import AnswerLog, Chunk, JobPlan, JobSummary, answer_chunk, plan_job
+from .batch_job import AnswerLog, Chunk, JobPlan, JobSummary, answer_chunk, check_options, plan_job
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # a local cluster's shared-memory store: the job moves only small chunks
 
@@ -91,7 +91,9 @@ def run_job_on_ray(
     if actors < 1 or threads_per_actor < 1:
         raise ValueError(f"actors and threads_per_actor must be >= 1, got {actors} and {threads_per_actor}")
     # the model and options are checked here, once, rather than as an error inside every actor
-    QuestionAnswerer.from_pretrained(model, revision=revision, device=device, precision=precision).options(**options)
+    check_options(
+        QuestionAnswerer.from_pretrained(model, revision=revision, device=device, precision=precision), options
+    )
     with AnswerLog(output, resume) as log:
         plan = plan_job(input, chunk_size, log.done)
         if on_plan is not None:
