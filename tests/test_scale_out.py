@@ -14,7 +14,7 @@ import pytest
 from test_batch_job import question_lines, read_output, write_jsonl
 
 from dynamic_tinybert import QuestionAnswerer, checkpoint
-from dynamic_tinybert.batch_job import run_job
+from dynamic_tinybert.batch_job import JobInputError, run_job
 
 from conftest import make_tiny_tokenizer, tiny_model
 
@@ -91,3 +91,14 @@ def test_ray_job_finishes_with_every_id_once_when_an_actor_is_killed_mid_run(
     runner.join(timeout=300)
     assert not runner.is_alive() and not errors
     assert sorted(by_id(output)) == sorted(f"q{i}" for i in range(400))
+
+
+def test_a_question_the_model_cannot_take_is_the_same_error_naming_its_line_on_ray(
+    local_ray, model_dir: Path, tmp_path: Path
+):
+    items = question_lines(3)
+    items[1]["question"] = "where " * 300
+    source = write_jsonl(tmp_path / "in.jsonl", items)
+    with pytest.raises(JobInputError, match=r"in.jsonl:2: has \d+ tokens") as raised:
+        scale_out.run_job_on_ray(str(model_dir), source, tmp_path / "ray.jsonl", actors=1)
+    assert "\n" not in str(raised.value)

@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from .batch_job import AnswerLog, Chunk, JobPlan, JobSummary, answer_chunk, check_options, plan_job
+from .batch_job import AnswerLog, Chunk, JobInputError, JobPlan, JobSummary, answer_chunk, check_options, plan_job
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # a local cluster's shared-memory store: the job moves only small chunks
 
@@ -31,8 +31,10 @@ class ChunkAnswerer:
         import torch
 
         from .pipeline import QuestionAnswerer
+        from .runtime import return_freed_memory
 
         torch.set_num_threads(threads)
+        return_freed_memory()  # an actor answers chunk after chunk: flat memory, as `dtb answer` in one process
         self.qa = QuestionAnswerer.from_pretrained(model, revision=revision, device=device, precision=precision)
         self.input, self.options = input, options
 
@@ -57,7 +59,6 @@ def start_ray(address: str | None = None) -> float:
     if address is None:
         settings["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
     ray.init(address=address, **settings)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # the library never prints: no execution reports
     return time.perf_counter() - started
 
@@ -100,6 +101,9 @@ def run_job_on_ray(
             on_plan(plan)
         ray_start_s = 0.0 if ray.is_initialized() else start_ray(address)
         started = time.perf_counter()
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.raise_original_map_exception = True  # a bad line's JobInputError, not Ray's wrapper of it
         if plan.chunks:
             rows = [{**asdict(chunk), "skip": list(chunk.skip)} for chunk in plan.chunks]
             answered = ray.data.from_items(rows).map_batches(
@@ -118,10 +122,15 @@ def run_job_on_ray(
                     options=options,
                 ),
             )
-            for row in answered.iter_rows():
-                log.append(row["lines"])
-                if progress is not None:
-                    progress(int(row["questions"]))
+            try:
+                for row in answered.iter_rows():
+                    log.append(row["lines"])
+                    if progress is not None:
+                        progress(int(row["questions"]))
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, JobInputError):
+                    raise e.cause from None
+                raise
     summary = JobSummary(plan.total, plan.pending, plan.done, time.perf_counter() - started)
     summary.extra.update(ray_start_s=round(ray_start_s, 2), actors=actors, threads_per_actor=threads_per_actor)
     return summary

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .. import checkpoint
 from ..cost import macs
 from ..frontier import load_frontier
-from ..runtime import keep_freed_memory, peak_rss_mib
+from ..runtime import keep_freed_memory, peak_rss_mib, return_freed_memory
 from ..squad import load_na_probs, load_predictions, load_squad, score_predictions, write_predictions
 from ..training.pruning import BLOCK_SHARE, sparsity_report
 from .common import (
@@ -192,7 +192,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
         raise UsageError("dtb answer: --actors and --threads-per-actor go with --ray")
     if args.ray is not None and args.threads:
         raise UsageError("dtb answer: with --ray, give the threads with --threads-per-actor, not --threads")
-    keep_freed_memory()  # one long batch job: reuse freed activations instead of faulting pages in again
+    return_freed_memory()  # flat memory however long the input (runtime.py)
     with tqdm(unit="q", desc="answer", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
 
         def on_plan(plan) -> None:
