@@ -10,6 +10,7 @@ come back whole, so every id is still written once. Ray is imported only here, a
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -50,8 +51,6 @@ class ChunkAnswerer:
 
 def start_ray(address: str | None = None) -> float:
     """Start a local Ray instance (None) or join the cluster at `address`; the seconds it took."""
-    import logging
-
     import ray
 
     started = time.perf_counter()
@@ -59,7 +58,6 @@ def start_ray(address: str | None = None) -> float:
     if address is None:
         settings["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
     ray.init(address=address, **settings)
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # the library never prints: no execution reports
     return time.perf_counter() - started
 
 
@@ -104,6 +102,7 @@ def run_job_on_ray(
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.raise_original_map_exception = True  # a bad line's JobInputError, not Ray's wrapper of it
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # the library never prints; errors are raised
         if plan.chunks:
             rows = [{**asdict(chunk), "skip": list(chunk.skip)} for chunk in plan.chunks]
             answered = ray.data.from_items(rows).map_batches(
@@ -127,10 +126,8 @@ def run_job_on_ray(
                     log.append(row["lines"])
                     if progress is not None:
                         progress(int(row["questions"]))
-            except ray.exceptions.RayTaskError as e:
-                if isinstance(e.cause, JobInputError):
-                    raise e.cause from None
-                raise
+            except JobInputError as e:  # raised in an actor: Ray's wrapper, with Ray's notes below the line
+                raise JobInputError(str(getattr(e, "cause", e)).splitlines()[0]) from None
     summary = JobSummary(plan.total, plan.pending, plan.done, time.perf_counter() - started)
     summary.extra.update(ray_start_s=round(ray_start_s, 2), actors=actors, threads_per_actor=threads_per_actor)
     return summary
