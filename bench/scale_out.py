@@ -60,7 +60,7 @@ def dtb_answer(args: list[str]) -> dict:
     run = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {run.stderr[-2000:]}")
-    summary = json.loads(run.stdout[run.stdout.index("{") :])
+    summary, _ = json.JSONDecoder().raw_decode(run.stdout[run.stdout.index("{") :])  # Ray may print after it
     return {**summary, "wall_s": round(time.perf_counter() - started, 2), "load_before": round(load, 2)}
 
 
