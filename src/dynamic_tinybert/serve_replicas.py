@@ -3,12 +3,12 @@
 Each replica is a Ray actor that loads the model once and runs the very app `dtb serve` runs (same endpoints,
 request and answer shapes, limits and errors, lifespan included); Ray Serve's proxy spreads requests over
 the replicas. The app is built in the replica by one call to `create_app`, so whatever the app does, the
-replicas do. Ray is imported only here, and only when replicas are started.
+replicas do. Ray is imported only when replicas are started.
 """
 
 from __future__ import annotations
 
-import logging
+from .scale_out import start_ray
 
 DEPLOYMENT = "dtb"
 
@@ -69,8 +69,7 @@ def start_replicas(
     if replicas < 1 or threads_per_replica < 1:
         raise ValueError(f"replicas and threads_per_replica must be >= 1, got {replicas} and {threads_per_replica}")
     if not ray.is_initialized():
-        settings = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-        ray.init(address=address, **settings)
+        start_ray(address)
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
     deployment = serve.deployment(
         serve.ingress()(AnswerReplica),
