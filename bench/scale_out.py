@@ -4,8 +4,8 @@ Every run is a fresh `dtb answer ... --json` process, as a user runs it, on JSON
 
 - identical answers: the first `--identical` questions in one process (2 threads) and on a local Ray
   instance (2 actors x 1 thread): same ids, and how many answers (text and offsets, all top-k) are equal;
-- throughput on the first `--throughput` questions: 1 process x 2 threads, Ray 2 actors x 1 thread, and Ray
-  4 actors x 1 thread (more actors than cores, to show the overhead); Ray's start-up reported apart;
+- throughput on the first `--throughput` questions, in 8 chunks: 1 process x 2 threads, Ray 2 actors x 1
+  thread, and Ray 4 actors x 1 thread (more actors than cores, to show the overhead); Ray's start-up apart;
 - faults on `--faults` questions: one Ray actor killed (SIGKILL) once the first chunk is written, then the
   driver killed mid-run and the job resumed with `--resume`, in one process and on Ray: each id exactly once;
 - memory: the driver's peak RSS on `--memory` lines and on 10x as many (dev questions repeated under new
@@ -96,9 +96,10 @@ THROUGHPUT_RUNS = {
 }
 
 
-def throughput(model: Path, source: Path, work: Path) -> dict:
+def throughput(model: Path, source: Path, work: Path, chunk_size: int) -> dict:
+    chunks = ["--chunk-size", str(chunk_size)]  # several chunks, or one actor would answer them all
     return {
-        name: dtb_answer(answer_args(model, source, work / f"throughput-{i}.jsonl", *extra))
+        name: dtb_answer(answer_args(model, source, work / f"throughput-{i}.jsonl", *chunks, *extra))
         for i, (name, extra) in enumerate(THROUGHPUT_RUNS.items())
     }
 
@@ -223,7 +224,7 @@ def markdown(result: dict) -> str:
         f"Same ids, each once: {same['same_ids']}. Answers equal (text and offsets): {same['same_answers']:,} of "
         f"{same['questions']:,}. Largest score difference: {same['max_score_difference']:.2g}.",
         "",
-        f"## Throughput ({result['sizes']['throughput']:,} dev questions)",
+        f"## Throughput ({result['sizes']['throughput']:,} dev questions, 8 chunks)",
         "",
         "| run | questions/s | answering s | Ray start s | process wall s | load average before |",
         "|---|---|---|---|---|---|",
@@ -279,7 +280,7 @@ def main() -> None:
             f"torch {torch.__version__}, ray {version('ray')}",
             "sizes": {**sizes, "memory": [args.memory, 10 * args.memory]},
             "identical": identical(args.model, inputs["identical"], work),
-            "throughput": throughput(args.model, inputs["throughput"], work),
+            "throughput": throughput(args.model, inputs["throughput"], work, max(1, args.throughput // 8)),
             "faults": {
                 "Ray: one actor killed": kill_an_actor(
                     args.model, inputs["faults"], work / "f1.jsonl", args.faults, args.chunk_size
