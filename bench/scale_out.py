@@ -217,7 +217,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# dtb answer: one process and Ray",
         "",
-        f"{result['machine']}",
+        f"{result['machine']}. Command: `{result['command']}`",
         "",
         f"## Identical answers ({same['questions']:,} dev questions)",
         "",
