@@ -5,8 +5,9 @@ returns them on free(), and trims the heap top above its trim threshold, so a lo
 and frees the same multi-megabyte activations every forward pass pays page faults for them each time.
 Raising both thresholds lets freed blocks be reused, at the price of the process keeping its peak memory.
 That suits one long batch job (`dtb eval`, `search`, `sweep`, `calibrate`, `bench`), which turn it on. It
-does not suit a threaded server: every thread's arena would keep its own peak. Loading a model never
-changes it. The measurements behind it are in docs/experiments/malloc-tuning.md.
+does not suit a threaded server: every thread's arena would keep its own peak. `return_freed_memory` is the
+opposite trade, for a job whose memory must not grow with its length (`dtb answer`). Loading a model never
+changes either. The measurements behind them are in docs/experiments/malloc-tuning.md.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling on 64-bit: larger blocks are always mmap()ed
 TRIM_THRESHOLD = 2**30
+MMAP_THRESHOLD_FIXED = 128 * 2**10  # glibc's initial threshold, before it adapts
 
 _kept: bool | None = None
 
@@ -30,13 +32,30 @@ def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; False where the C library is not glibc."""
     global _kept
     if _kept is None:
-        _kept = False
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-            libc = ctypes.CDLL(ctypes.util.find_library("c"))
-            _kept = bool(
-                libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-            )
+        libc = _glibc()
+        _kept = libc is not None and bool(
+            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        )
     return _kept
+
+
+def return_freed_memory() -> bool:
+    """Fix glibc's mmap threshold at its initial 128 KiB; False where the C library is not glibc.
+
+    The opposite trade to `keep_freed_memory`, for a job that must stay flat however long it runs (`dtb
+    answer`). By default glibc raises the threshold to the size of each mmapped block freed, so activations
+    of ever new shapes (chunk after chunk of different questions) end up on a heap that fragments and grows
+    with the number of chunks. Fixed, every block above it is mmapped and handed back on free(), at the
+    price of the page faults `keep_freed_memory` saves (docs/experiments/malloc-tuning.md).
+    """
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_FIXED))
+
+
+def _glibc():
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    return None
 
 
 def check_device(device: str) -> bool:

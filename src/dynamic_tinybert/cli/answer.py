@@ -1,4 +1,5 @@
-"""`dtb ask`, `eval`, `score` and `info`: answer questions, score a SQuAD file, describe a model."""
+"""`dtb ask`, `answer`, `eval`, `score` and `info`: answer questions (a few, or a file of any length), score a
+SQuAD file, describe a model."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .. import checkpoint
 from ..cost import macs
 from ..frontier import load_frontier
 from ..options import option_field
-from ..runtime import keep_freed_memory, peak_rss_mib
+from ..runtime import keep_freed_memory, peak_rss_mib, return_freed_memory
 from ..squad import load_na_probs, load_predictions, load_squad, score_predictions, write_predictions
 from ..training.pruning import BLOCK_SHARE, sparsity_report
 from .common import (
@@ -62,6 +63,36 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_answer_options(ask)
     ask.add_argument("--json", action="store_true", help="print JSON instead of text")
     ask.set_defaults(run=cmd_ask)
+
+    job = commands.add_parser("answer", help="answer a JSON-lines file of any length into another, resumably")
+    job.add_argument(
+        "--input", type=Path, required=True, help='JSON lines of {"id": ..., "question": ..., "context": ...}'
+    )
+    job.add_argument(
+        "--output", type=Path, required=True, help='where {"id": ..., "answers": [...]} lines are appended'
+    )
+    job.add_argument("--resume", action="store_true", help="skip the ids --output already answers, append the rest")
+    job.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=1024,
+        help="questions answered together (memory grows with it, not with the input)",
+    )
+    add_model_args(job)
+    add_device_arg(job)
+    add_precision_arg(job)
+    add_answer_options(job)
+    job.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="answer on Ray: a local instance, or the cluster at ADDRESS (auto, ray://HOST:10001)",
+    )
+    job.add_argument("--actors", type=positive_int, help="with --ray: actors holding the model (default 2)")
+    job.add_argument("--threads-per-actor", type=positive_int, help="with --ray: torch threads per actor (default 1)")
+    job.add_argument("--json", action="store_true", help="print the summary as JSON")
+    job.set_defaults(run=cmd_answer)
 
     ev = commands.add_parser("eval", help="answer a SQuAD file and score it")
     ev.add_argument("--data", type=Path, required=True, help="SQuAD v1.1 or v2.0 file (.json or .json.gz)")
@@ -190,6 +221,48 @@ def read_jsonl_pairs(path: Path) -> tuple[list[str], list[str]]:
     if not questions:
         raise UsageError(f"dtb ask: {path}: no questions in the file")
     return questions, contexts
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    from ..batch_job import run_job
+
+    if args.ray is None and (args.actors or args.threads_per_actor):
+        raise UsageError("dtb answer: --actors and --threads-per-actor go with --ray")
+    if args.ray is not None and args.threads:
+        raise UsageError("dtb answer: with --ray, give the threads with --threads-per-actor, not --threads")
+    return_freed_memory()  # flat memory however long the input (runtime.py)
+    with tqdm(unit="q", desc="answer", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+
+        def on_plan(plan) -> None:
+            bar.reset(total=plan.pending)
+            if plan.done:
+                bar.set_postfix_str(f"{plan.done:,} answered before")
+
+        job = dict(chunk_size=args.chunk_size, resume=args.resume, progress=bar.update, on_plan=on_plan)
+        if args.ray is None:
+            summary = run_job(load_answerer(args), args.input, args.output, **job, **answer_options(args))
+        else:
+            from ..scale_out import run_job_on_ray
+
+            summary = run_job_on_ray(
+                required_model(args),
+                args.input,
+                args.output,
+                revision=args.revision,
+                device=args.device,
+                precision=args.precision,
+                actors=args.actors or 2,
+                threads_per_actor=args.threads_per_actor or 1,
+                address=None if args.ray == "local" else args.ray,
+                **job,
+                **answer_options(args),
+            )
+    result = {**summary.to_dict(), "output": str(args.output), "peak_rss_mib": round(peak_rss_mib(), 1)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

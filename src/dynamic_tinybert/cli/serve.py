@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import socket
+import threading
 import typing
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from .common import (
     add_precision_arg,
     answer_options,
     load_answerer,
+    positive_int,
     required_model,
 )
 
@@ -31,6 +34,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=port_arg, default=8000, help="TCP port, 1-65535 (default 8000)")
     serve.add_argument("--index", type=Path, help="an index (`dtb index`) that POST /read retrieves passages from")
+    serve.add_argument(
+        "--ray-replicas",
+        type=positive_int,
+        metavar="N",
+        help="serve from N Ray Serve replicas, each holding the model (the [ray] extra); --threads each",
+    )
+    serve.add_argument("--ray-address", metavar="ADDRESS", help="with --ray-replicas: join this Ray cluster")
     add_server_settings(serve)
     serve.set_defaults(run=cmd_serve)
 
@@ -75,6 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             retriever = Retriever.load(args.index)
         except (ValueError, OSError) as e:
             raise UsageError(f"dtb serve: --index {args.index}: {e}") from None
+    if args.ray_replicas:
+        return serve_replicas(args, settings)
     listening = listening_socket(args.host, args.port)  # a port in use or an unknown host fails before loading
     qa = load_answerer(args, **answer_options(args))  # checked here: a bad default fails before serving
     try:
@@ -82,6 +94,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"dtb serve: {e}") from None
     serve(app, listening, settings)
+    return 0
+
+
+def serve_replicas(args: argparse.Namespace, settings: ServerSettings) -> int:
+    """The same app as N Ray Serve replicas on one port, until Ctrl-C or SIGTERM."""
+    try:
+        importlib.import_module("ray.serve")
+    except ImportError:
+        raise UsageError("dtb serve --ray-replicas needs the ray extra: pip install 'dynamic-tinybert[ray]'") from None
+    from ..serve_replicas import start_replicas, stop_replicas
+
+    listening_socket(args.host, args.port).close()  # a port in use or an unknown host fails before Ray starts
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    model = required_model(args)
+    start_replicas(
+        model,
+        args.ray_replicas,
+        host=args.host,
+        port=args.port,
+        revision=args.revision,
+        device=args.device,
+        precision=args.precision,
+        threads_per_replica=args.threads or 1,
+        address=args.ray_address,
+        name=model,
+        settings=settings,
+        **answer_options(args),
+    )
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_replicas()
     return 0
 
 
