@@ -115,3 +115,12 @@ def test_one_request_at_a_time_when_max_batch_tokens_is_0(qa):
         responses = asyncio.run(post_all(url, [{"inputs": p} for p in questions]))
     assert all(r.status_code == 200 for r in responses)
     assert all(len({question_of(w) for w in windows}) == 1 for windows in calls)  # never two requests at once
+
+
+def test_a_batch_of_very_different_lengths_runs_as_passes_of_similar_lengths():
+    from dynamic_tinybert.serving.batcher import length_groups
+
+    groups = length_groups([300, 290, 120, 110, 100, 105], overhead_tokens=64)
+    assert sorted(map(sorted, groups)) == [[0, 1], [2, 3, 4, 5]]
+    assert length_groups([150] * 8, overhead_tokens=64) == [list(range(8))]  # equal lengths: one pass
+    assert sorted(i for g in length_groups([384, 7, 99, 250, 13]) for i in g) == [0, 1, 2, 3, 4]

@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from ..retrieval import Retriever
+from ..runtime import return_freed_memory
 from ..serving.settings import ServerSettings, setting_field, setting_names
 from .common import (
     UsageError,
@@ -93,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(qa, name=required_model(args), settings=settings, retriever=retriever)
     except ValueError as e:
         raise UsageError(f"dtb serve: {e}") from None
+    return_freed_memory()  # every batch has new shapes: a heap that keeps them only grows (runtime.py)
     serve(app, listening, settings)
     return 0
 

@@ -26,6 +26,9 @@ from ..pipeline import QuestionAnswerer
 from .load import Pending, WorkModel, batch_class_floor
 from .metrics import ServerMetrics
 
+# What one forward pass costs beyond its tokens, in tokens' worth: Python and kernel launches per layer.
+FORWARD_OVERHEAD_TOKENS = 64
+
 
 @dataclass(eq=False)
 class Job:
@@ -196,13 +199,26 @@ class Batcher:
                 self._jobs.remove(job)
         return batch
 
+    def _logits_in_groups(self, windows: list[Window], config: LengthConfig | None) -> tuple[list, list]:
+        """Logits of a batch run as `length_groups` passes: windows of very different lengths are padded
+        less in passes of their own."""
+        start_logits: list = [None] * len(windows)
+        end_logits: list = [None] * len(windows)
+        for group in length_groups([w.length for w in windows]):
+            starts, ends = self.qa.logits([windows[i] for i in group], config, len(group))
+            for i, start, end in zip(group, starts, ends):
+                start_logits[i], end_logits[i] = start, end
+        return start_logits, end_logits
+
     def _run(self, batch: list[tuple[Job, int]]) -> None:
         config = batch[0][0].length_config
         windows = [job.windows[i] for job, i in batch]
         started = time.perf_counter()
         try:
-            size = len(windows) if self.max_batch_tokens else self.qa.defaults.batch_size
-            start_logits, end_logits = self.qa.logits(windows, config, size)
+            if self.max_batch_tokens:
+                start_logits, end_logits = self._logits_in_groups(windows, config)
+            else:
+                start_logits, end_logits = self.qa.logits(windows, config, self.qa.defaults.batch_size)
         except Exception as e:  # the model failed: every request in the batch learns why
             for job in {job for job, _ in batch}:
                 if not job.future.done():
@@ -217,6 +233,28 @@ class Batcher:
             job.done += 1
             if job.done == len(job.windows) and not job.future.done():
                 job.future.set_result((job.start_logits, job.end_logits))
+
+
+def length_groups(lengths: list[int], overhead_tokens: int = FORWARD_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Indices of windows split into forward passes of similar lengths, at the least padded cost.
+
+    A pass costs its size times its longest window (padding is computed, then thrown away) plus a fixed
+    overhead; sorted by length, the cheapest split into consecutive groups is a small dynamic programme.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest cost of the first j windows (longest first)
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the group order[i:j], whose longest is order[i]
+            cost = best[i] + (j - i) * lengths[order[i]] + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def take_in_turns(jobs: list[Job], max_tokens: int) -> list[tuple[Job, int]]:
