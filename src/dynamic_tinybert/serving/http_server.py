@@ -88,7 +88,9 @@ def raise_descriptor_limit() -> int:
 def build_server(app: FastAPI, settings: ServerSettings) -> uvicorn.Server:
     """A uvicorn server for `app` with the connection limits of `settings` (not yet running)."""
     raise_descriptor_limit()
-    logging.getLogger("asyncio").addFilter(OncePerInterval(ACCEPT_ERROR, ACCEPT_ERROR_EVERY_S))
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, OncePerInterval) for f in asyncio_log.filters):  # one per process, not per server
+        asyncio_log.addFilter(OncePerInterval(ACCEPT_ERROR, ACCEPT_ERROR_EVERY_S))
     protocol = type("Protocol", (HeadTimeoutProtocol,), {"head_timeout_s": settings.read_timeout_s})
     config = uvicorn.Config(
         app,
