@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
+from ..features import check_unicode
 from ..options import option_field, option_names, option_type
 from ..reading import NOT_FOR_READING
 
@@ -19,10 +20,7 @@ from ..reading import NOT_FOR_READING
 def check_text(text: str) -> str:
     if "\x00" in text:
         raise ValueError(f"contains a NUL character (at {text.index(chr(0))})")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"is not valid Unicode: character {e.start} is a lone surrogate") from None
+    check_unicode(text, "the text")  # the tokenizer's own check, here so that the 422 names the field
     return text
 
 
