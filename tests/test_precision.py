@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 
 import pytest
 import torch
 from torch import nn
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer, cli, precision
-from dynamic_tinybert.precision import BFloat16Linear, precision_of, with_precision
+from dynamic_tinybert.precision import BFloat16Linear, Int8Linear, precision_of, with_precision
 
 from conftest import tiny_model
 
@@ -78,13 +80,44 @@ def test_logits_stay_close_to_fp32_at_full_length_and_while_dropping(precision, 
         assert not torch.equal(approximate, exact)  # it really ran in lower precision
 
 
-def test_int8_quantises_every_encoder_linear_dynamically_but_the_feed_forward_outputs():
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_int8_quantises_every_encoder_linear_but_the_feed_forward_outputs(native_bf16, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
     fast = with_precision(tiny_model(), "int8")
     for layer in fast.bert.encoder.layer:
-        kept = layer.output.dense
-        assert type(kept) is nn.Linear and kept.weight.dtype == torch.float32
-        quantised = [m for m in linears_in(layer) if m is not kept]
-        assert len(quantised) == 5 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantised)
+        kept = layer.output.dense  # bf16 where the CPU has it, else fp32
+        assert type(kept) is (BFloat16Linear if native_bf16 else nn.Linear)
+        quantised = [m for m in layer.modules() if isinstance(m, Int8Linear)]
+        assert len(quantised) == 5 and all(m.weight_t.dtype == torch.int8 for m in quantised)
+        assert layer.attention.output.dense.out_dtype == torch.float32  # the residual stream stays fp32
+
+
+def test_int8_scales_each_token_on_its_own_so_one_loud_token_does_not_crush_the_others():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    x = torch.randn(4, 64)
+    x[0] *= 1000.0  # one token with huge activations (one scale per batch would round the rest to zero)
+    exact, approximate = linear(x).detach(), Int8Linear(linear)(x)
+    for row in range(4):
+        assert (approximate[row] - exact[row]).norm() <= 0.02 * exact[row].norm()
+
+
+def test_int8_linear_takes_any_leading_shape_and_returns_its_out_dtype():
+    linear = nn.Linear(16, 8)
+    out = Int8Linear(linear, torch.bfloat16)(torch.randn(2, 5, 16))
+    assert out.shape == (2, 5, 8) and out.dtype == torch.bfloat16
+
+
+def test_packed_bf16_weights_give_the_same_numbers_as_f_linear_and_survive_copies():
+    linear = BFloat16Linear(nn.Linear(48, 24))
+    x = torch.randn(7, 48)
+    with torch.inference_mode():
+        packed = linear(x)  # packs the weight on the way
+        plain = torch.nn.functional.linear(x.bfloat16(), linear.weight, linear.bias).float()
+    assert torch.equal(packed, plain)
+    with torch.inference_mode():
+        assert torch.equal(copy.deepcopy(linear)(x), packed)
+        assert torch.equal(pickle.loads(pickle.dumps(linear))(x), packed)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])

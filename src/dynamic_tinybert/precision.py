@@ -1,15 +1,20 @@
-"""Lower-precision encoder Linear layers for CPU inference: bf16 weights, or int8 dynamic quantisation.
+"""Lower-precision encoder Linear layers for CPU inference: bf16 weights, or int8 weights and activations.
 
 (On a GPU, bf16 is simply the whole model cast to bf16; int8 is CPU-only.)
 
 The encoder's Linear layers do almost all of the model's MACs. On CPUs with native bf16 (AVX512-BF16,
-AMX) a bf16 matmul runs several times faster than fp32; int8 dynamic quantisation (fbgemm) helps on
-CPUs without it. In bf16 the attention (queries, keys, values, the fused softmax(q k) v) and GELU run in
-bf16 too. Everything else stays fp32: embeddings, the residual stream, LayerNorms, the significance
-scores that choose which tokens to keep, and the span head. int8 also leaves each feed-forward output
-projection (1536 -> 384 in MiniLM) in fp32: its input, after GELU, has a few very large activations, and
-dynamic quantisation gives a whole batch's activations one scale (the layer study that chose this rule is
-docs/experiments/int8-layers.md).
+AMX) a bf16 matmul runs several times faster than fp32, and an int8 one (VNNI) faster still. In bf16 the
+attention (queries, keys, values, the fused softmax(q k) v) and GELU run in bf16 too. Everything else stays
+fp32: embeddings, the residual stream, LayerNorms, the significance scores that choose which tokens to
+keep, and the span head. Weights are handed to oneDNN once in its own blocked layout (packed), not
+reordered on every call.
+
+int8 multiplies int8 weights (one scale per output row) by int8 activations with one scale per token,
+measured as each batch runs, in int32: a scale per token keeps a token with a few large activations from
+crushing every other token's to zero, which one scale per batch (torch's dynamic quantisation) did, at
+1.4 F1. Each feed-forward output projection (1536 -> 384 in MiniLM) stays in bf16 (fp32 on CPUs without
+native bf16): its input, after GELU, has a few very large activations in a few channels. The layer study
+behind this rule and the measurements are in docs/experiments/int8-layers.md and int8-per-token.md.
 """
 
 from __future__ import annotations
@@ -44,8 +49,18 @@ def warn_if_bf16_is_emulated(what: str) -> None:
         )
 
 
+def can_pack_weights() -> bool:
+    """Whether this torch has oneDNN's packed-weight Linear (x86 builds do): same results, less work per call."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 class BFloat16Linear(nn.Module):
-    """A Linear layer whose weights are stored and multiplied in bf16; it returns `out_dtype` (fp32 by default)."""
+    """A Linear layer whose weights are stored and multiplied in bf16; it returns `out_dtype` (fp32 by default).
+
+    On the CPU the weight is packed into oneDNN's layout at the first call and kept (not saved or copied:
+    a copy packs its own), so a call does not reorder it again; the results are bit for bit those of
+    `F.linear`.
+    """
 
     def __init__(self, linear: nn.Linear, out_dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -53,21 +68,51 @@ class BFloat16Linear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.out_dtype = out_dtype
+        self._packed: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(self.out_dtype)
+        x = x.to(torch.bfloat16)
+        if x.device.type != "cpu" or torch.is_grad_enabled() or not can_pack_weights():
+            return F.linear(x, self.weight, self.bias).to(self.out_dtype)
+        if self._packed is None:
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "").to(self.out_dtype)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_packed": None}  # an opaque oneDNN tensor cannot be copied or pickled
+
+
+class Int8Linear(nn.Module):
+    """A Linear layer run as int8 x int8 -> int32 matmul: weights with one scale per output row, activations
+    quantised as they come with one scale per token (row). Returns `out_dtype`."""
+
+    def __init__(self, linear: nn.Linear, out_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+        quantised = (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        self.register_buffer("weight_t", quantised.t().contiguous())  # (in, out): the layout the matmul takes
+        self.register_buffer("weight_scale", scale)
+        bias = torch.zeros(weight.shape[0]) if linear.bias is None else linear.bias.detach().float()
+        self.register_buffer("bias", bias)
+        self.out_dtype = out_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).float()
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny).div_(127)
+        quantised = torch.div(rows, scale).round_().to(torch.int8)
+        out = torch._int_mm(quantised, self.weight_t).float().mul_(self.weight_scale).mul_(scale).add_(self.bias)
+        return out.to(self.out_dtype).view(*x.shape[:-1], -1)
 
 
 def precision_of(model: BertForQuestionAnswering) -> str:
     """Which precision the encoder's Linear layers run in (what `with_precision` made of the model)."""
     if next(model.parameters()).dtype == torch.bfloat16:
         return "bf16"  # cast whole, as on a GPU
-    for module in model.bert.encoder.modules():
-        if isinstance(module, BFloat16Linear):
-            return "bf16"
-        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
-            return "int8"
-    return "fp32"
+    kinds = {type(module) for module in model.bert.encoder.modules()}
+    if Int8Linear in kinds:
+        return "int8"
+    return "bf16" if BFloat16Linear in kinds else "fp32"
 
 
 def is_converted(name: str, module: nn.Module) -> bool:
@@ -84,32 +129,27 @@ def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQu
         return model
     if next(model.parameters()).device.type != "cpu":
         if precision == "int8":
-            raise ValueError("precision 'int8' (dynamic quantisation, fbgemm) runs on the CPU only; on a GPU use bf16")
+            raise ValueError("precision 'int8' runs on the CPU only; on a GPU use bf16")
         return copy.deepcopy(model).to(torch.bfloat16).eval()  # GPUs run bf16 natively: every weight in bf16
     if precision == "bf16":
         warn_if_bf16_is_emulated("precision bf16")
+    native_bf16 = cpu_has_native_bf16()
+
+    def lower(linear: nn.Linear, out_dtype: torch.dtype, feed_forward_output: bool) -> nn.Module:
+        if precision == "int8" and not feed_forward_output:
+            return Int8Linear(linear, out_dtype if native_bf16 else torch.float32)
+        if precision == "bf16" or native_bf16:
+            return BFloat16Linear(linear, out_dtype)
+        return linear  # int8 where bf16 is emulated: the feed-forward outputs stay fp32
+
     model = copy.deepcopy(model).eval()
-    encoder = model.bert.encoder
-    if precision == "int8":
-        # Per-channel weight scales: one scale per output row keeps small rows from rounding to zero.
-        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        with warnings.catch_warnings():  # torch deprecates torch.ao quantisation in favour of torchao
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*")
-            feed_forward_outputs = {id(m.dense) for m in encoder.modules() if isinstance(m, BertOutput)}
-            linears = {
-                name: qconfig
-                for name, m in encoder.named_modules()
-                if is_converted(name, m) and id(m) not in feed_forward_outputs
-            }
-            model.bert.encoder = torch.ao.quantization.quantize_dynamic(encoder, linears, torch.qint8)
-        return model
-    for parent in list(encoder.modules()):
+    feed_forward_outputs = {id(m.dense) for m in model.bert.encoder.modules() if isinstance(m, BertOutput)}
+    for parent in list(model.bert.encoder.modules()):
         # Outputs stay bf16 up to the residual stream: attention (its scores ranked in fp32) and GELU run in
         # bf16 and the intermediate activations take half the memory; the two projections into the residual
         # stream return fp32.
         out_dtype = torch.float32 if isinstance(parent, BertSelfOutput | BertOutput) else torch.bfloat16
         for name, child in parent.named_children():
             if is_converted(name, child):
-                setattr(parent, name, BFloat16Linear(child, out_dtype))
+                setattr(parent, name, lower(child, out_dtype, id(child) in feed_forward_outputs))
     return model
