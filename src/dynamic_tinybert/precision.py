@@ -12,9 +12,9 @@ reordered on every call.
 int8 multiplies int8 weights (one scale per output row) by int8 activations with one scale per token,
 measured as each batch runs, in int32: a scale per token keeps a token with a few large activations from
 crushing every other token's to zero, which one scale per batch (torch's dynamic quantisation) did, at
-1.4 F1. Each feed-forward output projection (1536 -> 384 in MiniLM) stays in bf16 (fp32 on CPUs without
-native bf16): its input, after GELU, has a few very large activations in a few channels. The layer study
-behind this rule and the measurements are in docs/experiments/int8-layers.md and int8-per-token.md.
+1.4 F1. The first layer's feed-forward output projection (1536 -> 384 in MiniLM) stays in bf16 (fp32 on
+CPUs without native bf16): its input, after GELU, has a few very large activations in a few channels, and
+quantising it cost the most accuracy of any one layer (docs/experiments/int8-layers.md, int8-per-token.md).
 """
 
 from __future__ import annotations
@@ -135,15 +135,15 @@ def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQu
         warn_if_bf16_is_emulated("precision bf16")
     native_bf16 = cpu_has_native_bf16()
 
-    def lower(linear: nn.Linear, out_dtype: torch.dtype, feed_forward_output: bool) -> nn.Module:
-        if precision == "int8" and not feed_forward_output:
+    def lower(linear: nn.Linear, out_dtype: torch.dtype, kept_in_float: bool) -> nn.Module:
+        if precision == "int8" and not kept_in_float:
             return Int8Linear(linear, out_dtype if native_bf16 else torch.float32)
         if precision == "bf16" or native_bf16:
             return BFloat16Linear(linear, out_dtype)
-        return linear  # int8 where bf16 is emulated: the feed-forward outputs stay fp32
+        return linear  # int8 where bf16 is emulated: the first feed-forward output stays fp32
 
     model = copy.deepcopy(model).eval()
-    feed_forward_outputs = {id(m.dense) for m in model.bert.encoder.modules() if isinstance(m, BertOutput)}
+    first_feed_forward_output = model.bert.encoder.layer[0].output.dense
     for parent in list(model.bert.encoder.modules()):
         # Outputs stay bf16 up to the residual stream: attention (its scores ranked in fp32) and GELU run in
         # bf16 and the intermediate activations take half the memory; the two projections into the residual
@@ -151,5 +151,5 @@ def with_precision(model: BertForQuestionAnswering, precision: str) -> BertForQu
         out_dtype = torch.float32 if isinstance(parent, BertSelfOutput | BertOutput) else torch.bfloat16
         for name, child in parent.named_children():
             if is_converted(name, child):
-                setattr(parent, name, lower(child, out_dtype, id(child) in feed_forward_outputs))
+                setattr(parent, name, lower(child, out_dtype, child is first_feed_forward_output))
     return model
