@@ -1,5 +1,6 @@
 """The side-by-side speed benchmark: system names, rows scored like `dtb eval`, the headline, the written
-table/JSON/plot, one process per system, and the competitors giving the project's answers at full length.
+table/JSON/plot, one process per system, and the competitors giving the project's answers at full length
+(ONNX Runtime and OpenVINO in fp32; their int8 and bf16 systems run and say so).
 
 The model is the tiny random 3-layer checkpoint with a hand-made three-point frontier; its answers are
 meaningless, which is enough to check that every system answers alike.
@@ -23,7 +24,10 @@ from dynamic_tinybert.benchmark import (
     Workload,
     build,
     check_dependencies,
+    int8_config,
     onnx_export,
+    onnx_int8,
+    openvino_export,
     parse_systems,
     run_benchmark,
     summary,
@@ -54,8 +58,15 @@ def model_dir(tiny_checkpoint: Path) -> Path:
     return tiny_checkpoint
 
 
-def answers_of(system: System, model_dir: Path, onnx_dir: Path | None = None) -> list[str]:
-    return build(system, Workload(model_dir, QUESTIONS, CONTEXTS, OPTIONS, 1, 0, onnx_dir))(QUESTIONS, CONTEXTS)
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export cache for the module: every test's tiny checkpoint is the same seeded model, exported once."""
+    return tmp_path_factory.mktemp("exports")
+
+
+def answers_of(system: System, model_dir: Path, **exported: Path) -> list[str]:
+    work = Workload(model_dir, QUESTIONS, CONTEXTS, OPTIONS, 1, 0, **exported)
+    return build(system, work).answer(QUESTIONS, CONTEXTS)
 
 
 # --- naming systems ----------------------------------------------------------------------------------------------
@@ -88,6 +99,13 @@ def test_system_names_give_kind_precision_batch_size_and_frontier_points():
     assert parse_systems([s.name for s in systems], FRONTIER) == systems
 
 
+def test_peers_take_a_precision_and_openvino_without_one_runs_in_its_own():
+    systems = parse_systems(["openvino", "openvino:fp32@1", "onnxruntime:int8@2", "onnxruntime:fp32@1"], None)
+    assert [s.name for s in systems] == ["openvino@32", "openvino:fp32@1", "onnxruntime:int8@2", "onnxruntime@1"]
+    assert [s.precision for s in systems] == ["default", "fp32", "int8", "fp32"]
+    assert parse_systems([s.name for s in systems], None) == systems
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
@@ -97,7 +115,10 @@ def test_system_names_give_kind_precision_batch_size_and_frontier_points():
         ("project:frontier3", "points 0 to 2"),
         ("transformers:int8", "a precision"),
         ("transformers:bf16:fp32", "a precision"),
-        ("onnxruntime:bf16", "takes no options"),
+        ("onnxruntime:bf16", r"a precision \(fp32 or int8\)"),
+        ("onnxruntime:int8:fp32", "a precision"),
+        ("openvino:int8", r"openvino takes one option, a precision \(fp32\)"),
+        ("openvino:bf16:fp32", "a precision"),
         ("onnxruntime@0", "batch size must be >= 1"),
     ],
 )
@@ -118,6 +139,12 @@ def test_missing_bench_packages_are_named_with_the_extra_to_install(monkeypatch)
     check_dependencies([System("project")])  # the project's own systems need nothing more
 
 
+def test_a_missing_openvino_is_named_with_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ImportError, match=f"openvino system needs openvino: {re.escape(INSTALL_HINT)}"):
+        check_dependencies([System("openvino", precision="default")])
+
+
 @pytest.mark.parametrize("kwargs, message", [(dict(threads=0), "threads"), (dict(warmup=-1), "warmup")])
 def test_bad_settings_are_one_line_errors(model_dir, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -135,7 +162,7 @@ def test_a_gpu_run_needs_a_gpu_and_refuses_the_cpu_only_systems(model_dir, monke
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             run_benchmark(model_dir, DATA, systems=["project:bf16"], fresh_process=False, device="cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # refused before anything touches the GPU
-    for name in ("onnxruntime@1", "project:int8@32"):
+    for name in ("onnxruntime@1", "onnxruntime:int8@32", "openvino@1", "project:int8@32"):
         with pytest.raises(ValueError, match=f"{name}.*CPU only"):
             run_benchmark(model_dir, DATA, systems=["project:bf16", name], fresh_process=False, device="cuda")
 
@@ -262,9 +289,43 @@ def test_the_transformers_pipeline_gives_the_project_answers_at_full_length(mode
     assert answers_of(System("transformers", batch_size=1), model_dir) == ours
 
 
-def test_onnx_runtime_gives_the_project_answers_at_full_length_from_a_cached_export(model_dir, tmp_path):
+def test_onnx_runtime_gives_the_project_answers_at_full_length_from_a_cached_export(model_dir, exports):
     pytest.importorskip("optimum.onnxruntime")
-    exported = onnx_export(model_dir, tmp_path / "onnx")
-    assert onnx_export(model_dir, tmp_path / "onnx") == exported  # the same files: exported once
+    exported = onnx_export(model_dir, exports)
+    assert onnx_export(model_dir, exports) == exported  # the same files: exported once
     ours = answers_of(System("project", batch_size=4), model_dir)
-    assert answers_of(System("onnxruntime", batch_size=4), model_dir, exported) == ours
+    assert answers_of(System("onnxruntime", batch_size=4), model_dir, onnx_dir=exported) == ours
+
+
+def test_onnx_runtime_int8_is_quantised_once_with_the_config_for_this_cpu(model_dir, exports):
+    pytest.importorskip("optimum.onnxruntime")
+    config = int8_config()
+    quantised = onnx_int8(onnx_export(model_dir, exports), exports, config)
+    assert onnx_int8(onnx_export(model_dir, exports), exports, config) == quantised
+    assert config in quantised.name and (quantised / "model.onnx").is_file()
+    answers = answers_of(System("onnxruntime", 4, "int8"), model_dir, onnx_int8_dir=quantised)
+    assert len(answers) == len(QUESTIONS)  # int8 answers may differ from fp32's: they are scored, not compared
+
+
+@pytest.mark.slow  # importing optimum-intel and converting the model: 10-15 s on a busy 2-core machine
+def test_openvino_in_fp32_gives_the_transformers_pipeline_answers_from_a_cached_export(model_dir, exports):
+    pytest.importorskip("optimum.intel")
+    exported = openvino_export(model_dir, exports)
+    assert openvino_export(model_dir, exports) == exported
+    pipeline = answers_of(System("transformers", batch_size=4), model_dir)
+    assert answers_of(System("openvino", 4, "fp32"), model_dir, openvino_dir=exported) == pipeline
+    assert answers_of(System("openvino", 1, "fp32"), model_dir, openvino_dir=exported) == pipeline
+
+
+@pytest.mark.slow  # importing optimum-intel and converting the model: 10-15 s on a busy 2-core machine
+def test_peer_rows_record_the_precision_each_system_ran_in(model_dir, exports):
+    pytest.importorskip("optimum.intel")
+    pytest.importorskip("optimum.onnxruntime")
+    systems = ["openvino@2", "openvino:fp32@1", "onnxruntime:int8@2"]
+    result = run_benchmark(model_dir, DATA, systems, threads=1, fresh_process=False, cache_dir=exports)
+    rows = {r["system"]: r for r in result["rows"]}
+    assert list(rows) == systems and all(r["f1"] >= 0 and r["questions_per_second"] > 0 for r in rows.values())
+    assert rows["openvino@2"]["precision"] in ("fp32", "bf16", "fp16")  # OpenVINO's choice for this CPU
+    assert rows["openvino:fp32@1"]["precision"] == "fp32" and rows["onnxruntime:int8@2"]["precision"] == "int8"
+    assert result["onnx_int8"]["config"].startswith(f"AutoQuantizationConfig.{int8_config()}(")
+    assert Path(result["openvino_export"]["path"]).parent == exports

@@ -18,7 +18,16 @@ import torch
 
 # The instruction sets that decide which kernels run: native bf16 and VNNI change what is fastest.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
-PACKAGES = ("torch", "tokenizers", "transformers", "optimum", "optimum-onnx", "onnxruntime", "openvino")
+PACKAGES = (
+    "torch",
+    "tokenizers",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+    "onnxruntime",
+    "optimum-intel",
+    "openvino",
+)
 WEIGHT_FILES = ("model.safetensors", "model.sparse.safetensors", "pytorch_model.bin")
 
 

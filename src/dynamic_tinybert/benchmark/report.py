@@ -24,8 +24,8 @@ def markdown(result: dict) -> str:
         f"{data['median_context_tokens']:g} tokens), end to end: tokenisation, model and decoding. "
         f"{gpu}{result['threads']} CPU thread(s) on {result['machine']['cpu']} "
         f"({result['machine']['cpu_capability']}); max_answer_len {options['max_answer_len']}, max_seq_len "
-        f"{options['max_seq_len']}, doc_stride {options['doc_stride']}. Build time (loading, ONNX session) is not "
-        f"counted. {installed}.",
+        f"{options['max_seq_len']}, doc_stride {options['doc_stride']}. Build time (loading, ONNX session, OpenVINO "
+        f"compilation) is not counted. {installed}.{_int8_note(result)}",
         "",
         "| system | precision | length config | batch | F1 | EM | questions/s | × transformers "
         f"| p50 ms | p90 ms | peak RSS MiB |{' peak GPU MiB |' if on_gpu else ''} build s |",
@@ -56,6 +56,13 @@ def markdown(result: dict) -> str:
     return with_provenance("\n".join(lines) + "\n", result)
 
 
+def _int8_note(result: dict) -> str:
+    """Which of optimum's quantisation configs made the ONNX Runtime int8 model, where one ran."""
+    if "onnx_int8" not in result:
+        return ""
+    return f" ONNX Runtime int8: optimum's dynamic quantisation, `{result['onnx_int8']['config']}`."
+
+
 def plot(result: dict, path: str | os.PathLike) -> None:
     """F1 against questions/s, one marker per system (colour: kind; filled: batch > 1); written atomically."""
     import matplotlib
@@ -64,7 +71,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7.2, 4.8), dpi=120)
-    colours = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:green")))
+    colours = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:green", "tab:purple")))
     for kind, label in KINDS.items():
         for batched in (False, True):
             rows = [r for r in result["rows"] if r["kind"] == kind and (r["batch_size"] > 1) == batched]

@@ -1,10 +1,12 @@
 """Running the benchmark: every system on the same questions, timed end to end, each in a fresh process.
 
 Each system takes questions and contexts and returns answer texts; it is timed end to end (tokenisation,
-model, decoding) with `time.perf_counter`, after an untimed warm-up, and its build (loading, ONNX session)
-is timed apart. Every system is scored with the official SQuAD metric on the same questions, and runs in
-a fresh process of its own, so that its peak RSS is its own and it inherits no warm caches. At batch size
-1 each question is its own call, as a service answers single requests: that run gives p50/p90 latency.
+model, decoding) with `time.perf_counter`, after an untimed warm-up, and its build (loading, the ONNX
+session, compiling the OpenVINO model) is timed apart. Every system is scored with the official SQuAD
+metric on the same questions, and runs in a fresh process of its own, so that its peak RSS is its own and
+it inherits no warm caches. At batch size 1 each question is its own call, as a service answers single
+requests: that run gives p50/p90 latency. The exports the peers run (ONNX, its int8 copy, OpenVINO) are
+made once and cached under a hash of the checkpoint's files and the exporting packages' versions.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from ..frontier import load_frontier
 from ..options import AnswerOptions
 from ..runtime import check_device, peak_rss_mib
 from ..squad import SquadDataset, score_predictions
-from .provenance import provenance
+from .provenance import cpu_flags, provenance
 from .systems import (
+    CPU_ONLY_KINDS,
     DEFAULT_SYSTEMS,
     GPU_DEFAULT_SYSTEMS,
     Answer,
@@ -45,15 +48,17 @@ from .systems import (
 
 
 def measure(system: System, work: Workload) -> dict:
-    """Build the system, warm it up, then time it on every question: answers, seconds, latencies, peak memory.
+    """Build the system, warm it up, then time it on every question: answers, the precision it ran in, seconds,
+    latencies, peak memory.
 
     Answers are texts, so every call ends with its results back on the host: GPU time is counted in full.
     """
     torch.set_num_threads(work.threads)
     on_gpu = torch.device(work.device).type == "cuda"
     started = time.perf_counter()
-    answer = build(system, work)
+    built = build(system, work)
     build_seconds = time.perf_counter() - started
+    answer = built.answer
     one_at_a_time = system.batch_size == 1
     warmup = max(work.warmup, system.batch_size)  # every kernel and buffer of a full batch is ready
     _answer_all(answer, work.questions[:warmup], work.contexts[:warmup], one_at_a_time)
@@ -62,6 +67,7 @@ def measure(system: System, work: Workload) -> dict:
     answers, call_seconds = _answer_all(answer, work.questions, work.contexts, one_at_a_time)
     return {
         "answers": answers,
+        "precision": built.precision,
         "build_seconds": build_seconds,
         "seconds": sum(call_seconds),
         "latencies_ms": [1000 * s for s in call_seconds] if one_at_a_time else None,
@@ -92,23 +98,84 @@ def _measure_alone(system: System, work: Workload) -> dict:
 
 
 def onnx_export(model_dir: Path, cache_dir: Path) -> Path:
-    """The checkpoint exported to ONNX by optimum, once: cached under a hash of its files."""
+    """The checkpoint exported to ONNX by optimum, once: cached under a hash of its files and the exporters."""
     from optimum.onnxruntime import ORTModelForQuestionAnswering
 
-    key = hashlib.sha256(importlib.metadata.version("optimum-onnx").encode())
-    for path in sorted(p for p in model_dir.iterdir() if p.is_file() and p.name != FRONTIER_FILE):
+    def export(folder: Path) -> None:
+        with warnings.catch_warnings():  # TracerWarnings on transformers' mask code; tests check the answers
+            warnings.simplefilter("ignore")
+            ORTModelForQuestionAnswering.from_pretrained(model_dir, export=True).save_pretrained(folder)
+
+    key = _key(_checkpoint_files(model_dir), ("torch", "transformers", "optimum-onnx"))
+    return _made_once(Path(cache_dir) / f"onnx-{key}", export)
+
+
+def onnx_int8(onnx_dir: Path, cache_dir: Path, config: str) -> Path:
+    """The ONNX export dynamically quantised to int8 by optimum with the `config` of `int8_config()`, once.
+
+    Dynamic: weights int8 per output channel, activations quantised as each batch arrives, nothing calibrated.
+    """
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    def quantise(folder: Path) -> None:
+        for path in onnx_dir.iterdir():  # config.json beside it, for loading; the model is written quantised
+            if path.is_file() and not path.name.startswith("model.onnx"):
+                shutil.copy2(path, folder / path.name)
+        quantization = getattr(AutoQuantizationConfig, config)(is_static=False, per_channel=True)
+        ORTQuantizer.from_pretrained(onnx_dir).quantize(quantization, folder, file_suffix=None)
+
+    key = _key([onnx_dir / "model.onnx"], ("onnxruntime", "optimum-onnx"), config)
+    return _made_once(Path(cache_dir) / f"onnx-int8-{config}-{key}", quantise)
+
+
+def int8_config() -> str:
+    """optimum's quantisation config for this CPU: `avx512_vnni` where it has VNNI, else `avx2`."""
+    return "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
+
+
+def openvino_export(model_dir: Path, cache_dir: Path) -> Path:
+    """The checkpoint converted to OpenVINO by optimum-intel (fp32 weights), once: cached like `onnx_export`."""
+    from optimum.intel import OVModelForQuestionAnswering
+
+    def export(folder: Path) -> None:
+        with warnings.catch_warnings():  # TracerWarnings, as for ONNX
+            warnings.simplefilter("ignore")
+            model = OVModelForQuestionAnswering.from_pretrained(
+                model_dir, export=True, compile=False, load_in_8bit=False
+            )
+            model.save_pretrained(folder)
+
+    key = _key(_checkpoint_files(model_dir), ("torch", "transformers", "optimum-intel", "openvino"))
+    return _made_once(Path(cache_dir) / f"openvino-{key}", export)
+
+
+def _checkpoint_files(model_dir: Path) -> list[Path]:
+    """What an export reads: every file of the checkpoint but its frontier."""
+    return sorted(p for p in model_dir.iterdir() if p.is_file() and p.name != FRONTIER_FILE)
+
+
+def _key(files: Sequence[Path], packages: Sequence[str], *settings: str) -> str:
+    """A hash of the files' names and bytes, the packages' versions and the settings: an export's cache key."""
+    key = hashlib.sha256()
+    for text in [*(f"{p}=={importlib.metadata.version(p)}" for p in packages), *settings]:
+        key.update(text.encode() + b"\0")
+    for path in files:
         key.update(path.name.encode())
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):
                 key.update(chunk)
-    target = Path(cache_dir) / key.hexdigest()[:24]
+    return key.hexdigest()[:24]
+
+
+def _made_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """`target`, written by `write(folder)` unless it exists: into a folder beside it, then moved into place
+    whole, so that an interrupted export leaves nothing behind and of two processes the first one wins."""
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
         try:
-            with warnings.catch_warnings():  # TracerWarnings on transformers' mask code; tests check the answers
-                warnings.simplefilter("ignore")
-                ORTModelForQuestionAnswering.from_pretrained(model_dir, export=True).save_pretrained(staging)
+            write(staging)
             if not target.is_dir():  # another process may have finished the same export first
                 os.replace(staging, target)
         finally:
@@ -118,7 +185,15 @@ def onnx_export(model_dir: Path, cache_dir: Path) -> Path:
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dynamic-tinybert" / "onnx"
+    return Path(base) / "dynamic-tinybert" / "exports"
+
+
+def _exported(export: Callable[..., Path], args: tuple, fresh_process: bool) -> tuple[Path, dict]:
+    """The folder `export(*args)` gives, and what a result records of it: where, and the seconds it took (about
+    none when cached)."""
+    started = time.perf_counter()
+    folder = _call(export, args, fresh_process)
+    return folder, {"path": str(folder), "seconds": round(time.perf_counter() - started, 2)}
 
 
 def _call(fn: Callable, args: tuple, fresh_process: bool):
@@ -146,7 +221,8 @@ def run_benchmark(
 
     `model` is a checkpoint directory or hub id (None: the shipped model); `systems` are names for
     `parse_systems` (None: DEFAULT_SYSTEMS, without the frontier where the model has none). `threads`
-    (default: torch's current count) goes to torch, ONNX Runtime's intra-op pool and the tokenizers. Without
+    (default: torch's current count) goes to torch, ONNX Runtime's intra-op pool, OpenVINO and the tokenizers.
+    `cache_dir` keeps the ONNX and OpenVINO exports (default: `default_cache_dir()`). Without
     `fresh_process` all systems run in this process: quicker, but their peak RSS is not their own (None).
     `progress(row)` is told each system's row as it finishes. `f1_tolerance` sets the summary's
     "within this many F1 points of full length"; `data_label` names the data in the table. `device` ("cpu",
@@ -168,7 +244,7 @@ def run_benchmark(
         raise ValueError("no systems to measure")
     if on_gpu:
         for system in parsed:
-            if system.kind == "onnxruntime" or system.precision == "int8":
+            if system.kind in CPU_ONLY_KINDS or system.precision == "int8":
                 raise ValueError(f"system {system.name!r} runs on the CPU only; drop it from a --device {device} run")
     check_dependencies(parsed)
 
@@ -197,14 +273,20 @@ def run_benchmark(
         "rows": [],
     }
 
-    onnx_dir = None
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    onnx_dir = onnx_int8_dir = openvino_dir = None
     if any(s.kind == "onnxruntime" for s in parsed):
-        started = time.perf_counter()
-        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        onnx_dir = _call(onnx_export, (directory, cache), fresh_process)
-        result["onnx_export"] = {"path": str(onnx_dir), "seconds": round(time.perf_counter() - started, 2)}
+        onnx_dir, result["onnx_export"] = _exported(onnx_export, (directory, cache), fresh_process)
+    if any(s.kind == "onnxruntime" and s.precision == "int8" for s in parsed):
+        config = int8_config()
+        onnx_int8_dir, result["onnx_int8"] = _exported(onnx_int8, (onnx_dir, cache, config), fresh_process)
+        result["onnx_int8"]["config"] = f"AutoQuantizationConfig.{config}(is_static=False, per_channel=True)"
+    if any(s.kind == "openvino" for s in parsed):
+        openvino_dir, result["openvino_export"] = _exported(openvino_export, (directory, cache), fresh_process)
 
-    work = Workload(directory, questions, contexts, options, threads, warmup, onnx_dir, device)
+    work = Workload(
+        directory, questions, contexts, options, threads, warmup, onnx_dir, device, onnx_int8_dir, openvino_dir
+    )
     for system in parsed:
         measured = _call(_measure_alone if fresh_process else measure, (system, work), fresh_process)
         predictions = dict(zip((q.id for q in dataset.questions), measured["answers"], strict=True))
@@ -213,7 +295,7 @@ def run_benchmark(
         row = {
             "system": system.name,
             "kind": system.kind,
-            "precision": system.precision,
+            "precision": measured["precision"],  # as it ran: OpenVINO's default is its own choice
             "length_config": "full" if system.length_config is None else str(system.length_config),
             "frontier_point": system.point,
             "batch_size": system.batch_size,

@@ -1,7 +1,8 @@
-"""The competitors `dtb bench` measures, by name: this project, the transformers pipeline, ONNX Runtime.
+"""The competitors `dtb bench` measures, by name: this project, the transformers pipeline, ONNX Runtime, OpenVINO.
 
 A *system* is one competitor at one setting, named like `project:frontier2:int8@32` (kind, options, batch
-size). `build` turns it into a function from questions and contexts to answer texts.
+size). `build` turns it into a function from questions and contexts to answer texts, and says what precision
+it runs in.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,11 +23,17 @@ from ..options import AnswerOptions
 from ..precision import PRECISIONS
 from ..runtime import keep_freed_memory
 
+if TYPE_CHECKING:  # the peers' packages are the bench extra's, imported only where a peer is built
+    from optimum.intel import OVModelForQuestionAnswering
+    from optimum.onnxruntime import ORTModelForQuestionAnswering
+
 KINDS = {
     "project": "dynamic-tinybert",
     "transformers": "transformers pipeline",
     "onnxruntime": "ONNX Runtime (optimum)",
+    "openvino": "OpenVINO (optimum-intel)",
 }
+CPU_ONLY_KINDS = ("onnxruntime", "openvino")
 # Enough to show the target: the frontier against the pipeline's best batch size, and single-question latency.
 DEFAULT_SYSTEMS = (
     "project@1",
@@ -39,8 +47,13 @@ DEFAULT_SYSTEMS = (
     "transformers@32",
     "onnxruntime@1",
     "onnxruntime@32",
+    "onnxruntime:int8@32",
+    "openvino@1",
+    "openvino@8",
+    "openvino@32",
+    "openvino:fp32@1",
 )
-# On a GPU: bf16 weights, single questions and large batches (ONNX Runtime and int8 are CPU systems here).
+# On a GPU: bf16 weights, single questions and large batches (ONNX Runtime, OpenVINO and int8 are CPU systems here).
 GPU_DEFAULT_SYSTEMS = (
     "project:bf16@1",
     "project:bf16@256",
@@ -50,7 +63,16 @@ GPU_DEFAULT_SYSTEMS = (
     "transformers:bf16@256",
 )
 INSTALL_HINT = 'pip install -e ".[bench]"'
-_NEEDS = {"transformers": ("transformers",), "onnxruntime": ("transformers", "optimum.onnxruntime", "onnxruntime")}
+_NEEDS = {
+    "transformers": ("transformers",),
+    "onnxruntime": ("transformers", "optimum.onnxruntime", "onnxruntime"),
+    "openvino": ("transformers", "optimum.intel", "openvino"),
+}
+# The precision a system runs in when its name gives none; OpenVINO's is its own choice, read back once compiled.
+OPENVINO_DEFAULT = "default"
+_DEFAULT_PRECISION = {"openvino": OPENVINO_DEFAULT}
+# A precision option each peer takes, beside its default.
+_PEER_PRECISIONS = {"transformers": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "openvino": ("fp32",)}
 _SYSTEM_RE = re.compile(r"(?P<kind>[a-z]+)(?P<options>(:[a-z0-9]+)*)(@(?P<batch>\d+))?")
 
 
@@ -60,7 +82,7 @@ class System:
 
     kind: str
     batch_size: int = 32
-    precision: str = "fp32"  # the project: fp32, bf16 or int8; the transformers pipeline: fp32 or bf16
+    precision: str = "fp32"  # the precision asked for (`_PEER_PRECISIONS`); OpenVINO's own choice: OPENVINO_DEFAULT
     length_config: LengthConfig | None = None
     point: int | None = None  # index into the model's frontier (cheapest first); None: full length
 
@@ -68,7 +90,7 @@ class System:
     def name(self) -> str:
         """The name `parse_systems` reads back into this system."""
         options = [] if self.point is None else [f"frontier{self.point}"]
-        if self.precision != "fp32":
+        if self.precision != _DEFAULT_PRECISION.get(self.kind, "fp32"):
             options.append(self.precision)
         return ":".join([self.kind, *options]) + f"@{self.batch_size}"
 
@@ -76,10 +98,11 @@ class System:
 def parse_systems(names: Sequence[str], frontier: Frontier | None) -> list[System]:
     """Systems from names: `KIND[:OPTION...][@BATCH]`, batch 32 unless given.
 
-    KIND is project, transformers or onnxruntime. The project's options: a precision (fp32, bf16, int8),
-    `full` (the default), `frontier` (one system per point of the model's pareto.json) or `frontierN`
-    (point N only, cheapest first). The transformers pipeline takes a precision, fp32 or bf16 (its weights
-    cast, as `dtype=torch.bfloat16` does); ONNX Runtime none.
+    KIND is project, transformers, onnxruntime or openvino. The project's options: a precision (fp32, bf16,
+    int8), `full` (the default), `frontier` (one system per point of the model's pareto.json) or `frontierN`
+    (point N only, cheapest first). The peers take at most one option, a precision: the transformers pipeline
+    fp32 or bf16 (its weights cast, as `dtype=torch.bfloat16` does), ONNX Runtime fp32 or int8 (optimum's
+    dynamic quantisation), OpenVINO fp32 (without it, OpenVINO's own precision hint: bf16 on a CPU with bf16).
     """
     systems: list[System] = []
     for name in names:
@@ -92,15 +115,11 @@ def parse_systems(names: Sequence[str], frontier: Frontier | None) -> list[Syste
         batch_size = int(match["batch"] or 32)
         if batch_size < 1:
             raise ValueError(f"system {name!r}: the batch size must be >= 1")
-        if kind == "onnxruntime":
-            if options:
-                raise ValueError(f"system {name!r}: {kind} takes no options, only a batch size (@N)")
-            systems.append(System(kind, batch_size))
-            continue
-        if kind == "transformers":
-            if options not in ([], ["fp32"], ["bf16"]):
-                raise ValueError(f"system {name!r}: {kind} takes one option, a precision (fp32 or bf16)")
-            systems.append(System(kind, batch_size, *options))
+        if kind in _PEER_PRECISIONS:
+            if options and (len(options) > 1 or options[0] not in _PEER_PRECISIONS[kind]):
+                precisions = " or ".join(_PEER_PRECISIONS[kind])
+                raise ValueError(f"system {name!r}: {kind} takes one option, a precision ({precisions})")
+            systems.append(System(kind, batch_size, options[0] if options else _DEFAULT_PRECISION.get(kind, "fp32")))
             continue
         precisions = [o for o in options if o in PRECISIONS]
         lengths = [o for o in options if o not in PRECISIONS]
@@ -150,14 +169,25 @@ class Workload:
     threads: int
     warmup: int  # untimed questions answered first (at least one full batch)
     onnx_dir: Path | None = None  # the exported model, for the onnxruntime systems
-    device: str = "cpu"  # where the project and the transformers pipeline run; ONNX Runtime: the CPU only
+    device: str = "cpu"  # where the project and the transformers pipeline run; ONNX Runtime, OpenVINO: the CPU
+    onnx_int8_dir: Path | None = None  # the exported model quantised to int8, for onnxruntime:int8
+    openvino_dir: Path | None = None  # the model converted to OpenVINO, for the openvino systems
 
 
 Answer = Callable[[list[str], list[str]], list[str]]
 
 
-def build(system: System, work: Workload) -> Answer:
-    """The system as a function from questions and contexts to answer texts (the empty string for none)."""
+@dataclass(frozen=True)
+class Built:
+    """A system ready to answer, and the precision it runs in: OpenVINO's is known only once compiled."""
+
+    answer: Answer
+    precision: str
+
+
+def build(system: System, work: Workload) -> Built:
+    """The system as a function from questions and contexts to answer texts (the empty string for none), with
+    the precision it runs in."""
     if system.kind == "project":
         from ..pipeline import QuestionAnswerer
 
@@ -170,12 +200,15 @@ def build(system: System, work: Workload) -> Answer:
             length_config=system.length_config,
             batch_size=system.batch_size,
         )
-        return lambda questions, contexts: [
-            best[0]["answer"] if best else "" for best in qa.run(questions, contexts).answers
-        ]
+
+        def project_answer(questions: list[str], contexts: list[str]) -> list[str]:
+            return [best[0]["answer"] if best else "" for best in qa.run(questions, contexts).answers]
+
+        return Built(project_answer, system.precision)
 
     import transformers
 
+    precision = system.precision  # as asked; a peer's compiled model says what it runs in
     if system.kind == "transformers":
         pipeline = transformers.pipeline(
             "question-answering",
@@ -185,12 +218,8 @@ def build(system: System, work: Workload) -> Answer:
             dtype=torch.bfloat16 if system.precision == "bf16" else torch.float32,
         )
     else:
-        import onnxruntime
-        from optimum.onnxruntime import ORTModelForQuestionAnswering
-
-        session = onnxruntime.SessionOptions()
-        session.intra_op_num_threads, session.inter_op_num_threads = work.threads, 1
-        model = ORTModelForQuestionAnswering.from_pretrained(work.onnx_dir, session_options=session)
+        peer_model = _onnxruntime_model if system.kind == "onnxruntime" else _openvino_model
+        model, precision = peer_model(system, work)
         tokenizer = transformers.AutoTokenizer.from_pretrained(work.model_dir)
         pipeline = transformers.pipeline("question-answering", model=model, tokenizer=tokenizer)
 
@@ -201,4 +230,35 @@ def build(system: System, work: Workload) -> Answer:
         out = [out] if isinstance(out, dict) else out  # the pipeline unwraps a single answer
         return [a["answer"] if isinstance(a, dict) else "" for a in out]
 
-    return answer
+    return Built(answer, precision)
+
+
+def _onnxruntime_model(system: System, work: Workload) -> tuple[ORTModelForQuestionAnswering, str]:
+    """optimum's ONNX Runtime model of the export (int8: its quantised copy) on `threads` intra-op threads, and
+    its precision."""
+    import onnxruntime
+    from optimum.onnxruntime import ORTModelForQuestionAnswering
+
+    session = onnxruntime.SessionOptions()
+    session.intra_op_num_threads, session.inter_op_num_threads = work.threads, 1
+    folder = work.onnx_int8_dir if system.precision == "int8" else work.onnx_dir
+    return ORTModelForQuestionAnswering.from_pretrained(folder, session_options=session), system.precision
+
+
+_OPENVINO_PRECISIONS = {"f32": "fp32", "f16": "fp16"}  # OpenVINO's type names as the other systems spell them
+
+
+def _openvino_model(system: System, work: Workload) -> tuple[OVModelForQuestionAnswering, str]:
+    """optimum-intel's OpenVINO model compiled for the CPU on `threads` threads, and the precision OpenVINO chose.
+
+    The performance hint stays optimum-intel's, LATENCY (one stream using every thread): the pipeline makes one
+    call at a time, which THROUGHPUT's several narrower streams would not speed up (docs/benchmarks.md).
+    """
+    from optimum.intel import OVModelForQuestionAnswering
+
+    config = {"INFERENCE_NUM_THREADS": str(work.threads)}
+    if system.precision == "fp32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    model = OVModelForQuestionAnswering.from_pretrained(work.openvino_dir, ov_config=config)
+    chosen = model.request.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16", "f16"
+    return model, _OPENVINO_PRECISIONS.get(chosen, chosen)

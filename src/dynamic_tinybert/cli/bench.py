@@ -1,4 +1,4 @@
-"""`dtb bench`: the project beside the transformers pipeline and ONNX Runtime, same questions and weights."""
+"""`dtb bench`: the project beside the transformers pipeline, ONNX Runtime and OpenVINO, same questions and weights."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from .common import UsageError, add_device_arg, add_model_args, positive_int, re
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
-        "bench", help="questions/s, F1, latency and peak memory beside the transformers pipeline and ONNX Runtime"
+        "bench",
+        help="questions/s, F1, latency and peak memory beside the transformers pipeline, ONNX Runtime and OpenVINO",
     )
     add_model_args(bench)
     bench.add_argument("--data", type=Path, required=True, help="SQuAD file; every system answers the same questions")
@@ -23,7 +24,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--systems",
         type=lambda text: [name for name in text.split(",") if name.strip()],
         help="comma-separated KIND[:OPTION...][@BATCH], e.g. project:frontier@32,project:int8@1,transformers@32 "
-        "(default: full length, every frontier point, bf16, int8, the pipeline and ONNX Runtime at batch 1 and 32)",
+        "(default: full length, every frontier point, bf16, int8, the pipeline, ONNX Runtime and OpenVINO at batch 1 "
+        "and 32, ONNX Runtime int8 at 32, OpenVINO also at 8 and in fp32 at 1)",
     )
     bench.add_argument(
         "--max-answer-len", type=positive_int, default=30, help="longest answer in tokens, for every system"
