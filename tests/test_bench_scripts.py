@@ -37,6 +37,7 @@ def check_provenance(found: dict, model_dir: Path | None) -> None:
     [
         ("bench/squad_dev.py", ["--limit", "4"], True),  # maintained; its table has a title
         ("experiments/answer_survival.py", ["--config", "0.5,0.3,0.1"], False),  # research; a bare table
+        ("experiments/int8_layers.py", ["--limit", "4"], False),
     ],
 )
 def test_a_script_records_its_provenance_in_the_json_and_the_markdown(tiny_checkpoint, tmp_path, script, args, title):
