@@ -104,6 +104,14 @@ def test_int8_scales_each_token_on_its_own_so_one_loud_token_does_not_crush_the_
         assert (approximate[row] - exact[row]).norm() <= 0.02 * exact[row].norm()
 
 
+def test_int8_rows_are_independent_so_a_large_batch_runs_in_chunks_with_the_same_numbers():
+    layer = Int8Linear(nn.Linear(32, 16))
+    x = torch.randn(2 * precision.INT8_CHUNK_ROWS + 7, 32)
+    together = layer(x)
+    apart = torch.cat([layer(x[i : i + 5]) for i in range(0, len(x), 5)])
+    assert torch.equal(together, apart)
+
+
 def test_int8_linear_takes_any_leading_shape_and_returns_its_out_dtype():
     linear = nn.Linear(16, 8)
     out = Int8Linear(linear, torch.bfloat16)(torch.randn(2, 5, 16))

@@ -82,6 +82,11 @@ class BFloat16Linear(nn.Module):
         return {**self.__dict__, "_packed": None}  # an opaque oneDNN tensor cannot be copied or pickled
 
 
+# int8 rows quantised, multiplied and scaled back at a time: the int32 products and their float scaling stay in
+# the CPU's cache (a batch's whole 4800 x 1536 at once made int8 slower than bf16; 256 rows: 1.4x faster).
+INT8_CHUNK_ROWS = 256
+
+
 class Int8Linear(nn.Module):
     """A Linear layer run as int8 x int8 -> int32 matmul: weights with one scale per output row, activations
     quantised as they come with one scale per token (row). Returns `out_dtype`."""
@@ -98,11 +103,16 @@ class Int8Linear(nn.Module):
         self.out_dtype = out_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).float()
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.empty(rows.shape[0], self.weight_t.shape[1], dtype=self.out_dtype, device=x.device)
+        for start in range(0, rows.shape[0], INT8_CHUNK_ROWS):
+            out[start : start + INT8_CHUNK_ROWS] = self._rows(rows[start : start + INT8_CHUNK_ROWS].float())
+        return out.view(*x.shape[:-1], -1)
+
+    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
         scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny).div_(127)
         quantised = torch.div(rows, scale).round_().to(torch.int8)
-        out = torch._int_mm(quantised, self.weight_t).float().mul_(self.weight_scale).mul_(scale).add_(self.bias)
-        return out.to(self.out_dtype).view(*x.shape[:-1], -1)
+        return torch.addcmul(self.bias, torch.mul(torch._int_mm(quantised, self.weight_t), self.weight_scale), scale)
 
 
 def precision_of(model: BertForQuestionAnswering) -> str:
