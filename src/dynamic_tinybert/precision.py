@@ -20,6 +20,7 @@ quantising it cost the most accuracy of any one layer (docs/experiments/int8-lay
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
 import torch
@@ -49,6 +50,7 @@ def warn_if_bf16_is_emulated(what: str) -> None:
         )
 
 
+@functools.cache
 def can_pack_weights() -> bool:
     """Whether this torch has oneDNN's packed-weight Linear (x86 builds do): same results, less work per call."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
