@@ -16,12 +16,12 @@ import schemathesis
 from fastapi.testclient import TestClient
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
-from test_frontier import FRONTIER, FULL, TIMED, TOP
+from test_frontier import FRONTIER, FULL, MID, TIMED, TOP
 
-from dynamic_tinybert import QuestionAnswerer
+from dynamic_tinybert import LengthConfig, QuestionAnswerer
 from dynamic_tinybert.cli.serve import listening_socket
 from dynamic_tinybert.frontier import BudgetError
-from dynamic_tinybert.serving import ServerSettings, create_app
+from dynamic_tinybert.serving import ServerSettings, create_app, load
 from dynamic_tinybert.serving.load import HEADROOM, LoadAdaptiveBudget, Pending, WorkModel
 
 PAIR = {"question": "where does alice live ?", "context": "carol lives in rome . alice lives in oslo ."}
@@ -75,6 +75,16 @@ def test_a_configuration_off_the_frontier_costs_the_full_line_scaled_by_its_macs
     middle = FRONTIER.points[1].length_config  # MID: never timed in TIMED
     share = work.macs_ratio([20], middle)
     assert 0 < share < 1 and work.window_ms(20, middle) == pytest.approx(work.window_ms(20, None) * share)
+
+
+def test_the_macs_shares_kept_are_bounded_however_many_configs_requests_pin(qa, monkeypatch):
+    monkeypatch.setattr(load, "MACS_SHARES_KEPT", 16)
+    work = WorkModel(qa.model.config, qa.frontier)
+    first = work.macs_ratio([20], MID.length_config)
+    for ratio in range(10, 100):  # a new configuration per request, as pinned length configs may be
+        work.macs_ratio([20, 30], LengthConfig.ratios((1.0, 1.0, ratio / 100)))
+    assert work._macs_share.cache_info().currsize == 16
+    assert work.macs_ratio([20], MID.length_config) == first  # evicted, and computed again the same
 
 
 def test_slo_needs_a_frontier_and_excludes_a_default_length_choice(tiny_checkpoint: Path):

@@ -12,6 +12,7 @@ the model (tokenising, decoding, HTTP).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ SMOOTHING = 0.2  # weight of the newest measurement in the moving averages
 HEADROOM = 0.8  # the share of the SLO a prediction may fill: predictions are means, the SLO is for the tail
 BATCH_CLASSES = (1, 2, 4, 8, 16, 32)  # the smallest batch size of each class a correction is kept for
 UNTIMED_MS_PER_TOKEN = 0.2  # a first guess for a model whose frontier was never timed; measurement corrects it
+MACS_SHARES_KEPT = 8192  # (length config, window length) pairs whose MACs share is kept, the most recent
 
 
 class WorkModel:
@@ -38,7 +40,8 @@ class WorkModel:
             _key(p.length_config): p.latency for p in points if p.latency is not None
         }
         self._full = self._lines.get(None)
-        self._shares: dict[tuple[LengthConfig, int], float] = {}
+        # bounded: requests may pin any length config, so the (config, window length) pairs seen are unbounded
+        self._macs_share = functools.lru_cache(maxsize=MACS_SHARES_KEPT)(self._compute_macs_share)
         self._lock = threading.Lock()
         self._corrections: list[float | None] = [None] * len(BATCH_CLASSES)  # measured / predicted, per class
         self.overhead_ms = 0.0  # time a request spends outside the model, recently
@@ -63,12 +66,9 @@ class WorkModel:
         full = [macs(self._config, n) for n in lengths]
         return sum(f * self._macs_share(key, n) for f, n in zip(full, lengths)) / sum(full)
 
-    def _macs_share(self, length_config: LengthConfig, length: int) -> float:
-        share = self._shares.get((length_config, length))
-        if share is None:
-            share = macs(self._config, length, length_config) / macs(self._config, length)
-            self._shares[(length_config, length)] = share
-        return share
+    def _compute_macs_share(self, length_config: LengthConfig, length: int) -> float:
+        """MACs of a window of `length` tokens under the configuration, as a share of the full model's."""
+        return macs(self._config, length, length_config) / macs(self._config, length)
 
     def correction(self, windows: int) -> float:
         """Measured over predicted model time of recent batches of about this many windows (1.0: none yet).
