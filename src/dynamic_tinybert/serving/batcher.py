@@ -165,7 +165,10 @@ class Batcher:
                 self._running_ms = 0.0
 
     def _wait_to_fill(self) -> None:
-        """Give a batch that is not full up to `max_wait_ms` after its oldest request to gather company."""
+        """Give a batch that is not full up to `max_wait_ms` after its oldest request to gather company.
+
+        Off by default: the queue fills while the model is busy, and a request that finds it idle is run at once.
+        """
         if not self.max_batch_tokens or not self.max_wait_s:
             return
         deadline = self._jobs[0].submitted + self.max_wait_s
