@@ -1,4 +1,5 @@
-"""Freed activation memory kept for reuse, when asked: repeated forward passes stop costing page faults."""
+"""Freed activation memory kept for reuse, when asked: repeated forward passes stop costing page faults; and a
+server's memory kept flat: kernel caches bounded, freed heap memory handed back."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 
+from dynamic_tinybert.precision import cpu_has_native_bf16
 from dynamic_tinybert.runtime import keep_freed_memory
 
 glibc_only = pytest.mark.skipif(
@@ -17,6 +19,7 @@ glibc_only = pytest.mark.skipif(
 # ten forward passes of a small BERT over 16 x 200 tokens; prints the minor page faults they cost
 FORWARD_PASSES = """
 import resource, sys, torch
+from dynamic_tinybert.precision import cpu_has_native_bf16
 from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.model import BertConfig, BertForQuestionAnswering
 if sys.argv[1] == "keep":
@@ -63,3 +66,62 @@ def test_loading_a_model_and_answering_leave_mallocs_settings_alone(tiny_checkpo
     done = subprocess.run([sys.executable, "-c", script, str(tiny_checkpoint)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "None"
+
+
+# 400 bf16 matmuls of as many shapes, as a server's ever new batches give; prints the MiB they left resident
+NEW_SHAPES = """
+import os, sys, torch
+from dynamic_tinybert.runtime import bound_kernel_caches
+from dynamic_tinybert.benchmark.server import rss_mib
+if sys.argv[1] == "bounded":
+    bound_kernel_caches(16)
+weight = torch.randn(256, 256, dtype=torch.bfloat16)
+torch.nn.functional.linear(torch.randn(1, 256, dtype=torch.bfloat16), weight)
+before = rss_mib(os.getpid())
+for rows in range(2, 402):
+    torch.nn.functional.linear(torch.randn(rows, 256, dtype=torch.bfloat16), weight)
+print(rss_mib(os.getpid()) - before)
+"""
+
+
+def growth_mib(mode: str) -> float:
+    done = subprocess.run([sys.executable, "-c", NEW_SHAPES, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return float(done.stdout)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 matmuls go through oneDNN's kernel cache")
+def test_bounded_kernel_caches_keep_memory_flat_over_ever_new_shapes():
+    default, bounded = growth_mib("default"), growth_mib("bounded")
+    assert bounded < 40 < 4 * bounded < default, (bounded, default)  # measured here: 14 against 258 MiB
+
+
+# 200 MiB in blocks below the mmap threshold, freed beneath one block still in use, so that the heap cannot
+# shrink from its top; prints the MiB resident then, whether trim_heap trimmed, the MiB resident after, and
+# whether a second call at once trimmed
+FREED_BELOW_A_LIVE_BLOCK = """
+import ctypes, os
+from dynamic_tinybert.runtime import trim_heap
+from dynamic_tinybert.benchmark.server import rss_mib
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+blocks = [libc.malloc(64 * 2**10) for _ in range(3200)]
+for block in blocks:
+    ctypes.memset(block, 1, 64 * 2**10)
+live = libc.malloc(64 * 2**10)
+for block in blocks:
+    libc.free(block)
+freed = rss_mib(os.getpid())
+trimmed = trim_heap()
+print(freed, trimmed, rss_mib(os.getpid()), trim_heap())
+"""
+
+
+@glibc_only
+def test_trimming_the_heap_returns_memory_freed_below_a_live_block_at_most_once_per_interval():
+    done = subprocess.run([sys.executable, "-c", FREED_BELOW_A_LIVE_BLOCK], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    freed, trimmed, after, again = done.stdout.split()
+    assert trimmed == "True" and float(freed) - float(after) > 150, (freed, after)
+    assert again == "False"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from serving_helpers import running, slowed
 from test_frontier import FRONTIER
 from test_serving import same_answers
@@ -14,6 +16,7 @@ from test_serving import same_answers
 from dynamic_tinybert import LengthConfig, QuestionAnswerer
 from dynamic_tinybert.features import make_windows
 from dynamic_tinybert.serving import ServerSettings, create_app
+from dynamic_tinybert.serving import batcher as batcher_module
 from dynamic_tinybert.serving.batcher import Job, take_in_turns
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "henry"]
@@ -124,3 +127,26 @@ def test_a_batch_of_very_different_lengths_runs_as_passes_of_similar_lengths():
     assert sorted(map(sorted, groups)) == [[0, 1], [2, 3, 4, 5]]
     assert length_groups([150] * 8, overhead_tokens=64) == [list(range(8))]  # equal lengths: one pass
     assert sorted(i for g in length_groups([384, 7, 99, 250, 13]) for i in g) == [0, 1, 2, 3, 4]
+
+
+def test_the_batching_loop_trims_the_heap_once_per_idle_spell_and_retries_a_trim_refused_as_too_soon(qa, monkeypatch):
+    queued_at_trim = []
+    refuse = False
+
+    def trim_heap() -> bool:
+        queued_at_trim.append(len(app.state.batcher._jobs))
+        return not refuse
+
+    monkeypatch.setattr(batcher_module, "trim_heap", trim_heap)
+    monkeypatch.setattr(batcher_module, "TRIM_INTERVAL_S", 0.05)
+    app = create_app(qa)
+    with TestClient(app) as client:
+        client.post("/", json={"inputs": pairs(1)[0]})
+        time.sleep(0.3)
+        trimmed = len(queued_at_trim)
+        refuse = True  # as trim_heap does within TRIM_INTERVAL_S of its last trim
+        client.post("/", json={"inputs": pairs(1)[0]})
+        time.sleep(0.3)
+    assert 1 <= trimmed <= 4  # once each time the queue went idle (three warm-up batches, a request), not more
+    assert len(queued_at_trim) - trimmed >= 3  # refused: tried again each interval while the queue stays idle
+    assert not any(queued_at_trim)  # never while work is queued

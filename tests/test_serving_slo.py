@@ -16,13 +16,13 @@ import schemathesis
 from fastapi.testclient import TestClient
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
-from test_frontier import FRONTIER, FULL, TIMED, TOP
+from test_frontier import FRONTIER, FULL, MID, TIMED, TOP
 
-from dynamic_tinybert import QuestionAnswerer
+from dynamic_tinybert import LengthConfig, QuestionAnswerer
 from dynamic_tinybert.cli.serve import listening_socket
 from dynamic_tinybert.frontier import BudgetError
-from dynamic_tinybert.serving import ServerSettings, create_app
-from dynamic_tinybert.serving.load import HEADROOM, LoadAdaptiveBudget, Pending, WorkModel
+from dynamic_tinybert.serving import ServerSettings, create_app, load
+from dynamic_tinybert.serving.load import TAIL_MAX, TAIL_PRIOR, TAIL_WINDOW, LoadAdaptiveBudget, Pending, WorkModel
 
 PAIR = {"question": "where does alice live ?", "context": "carol lives in rome . alice lives in oslo ."}
 
@@ -37,15 +37,74 @@ def budget_for(qa, slo_ms: float) -> LoadAdaptiveBudget:
     return LoadAdaptiveBudget(qa.frontier, WorkModel(qa.model.config, qa.frontier), slo_ms)
 
 
+def chosen_configs(budget: LoadAdaptiveBudget, queued_ms: list[float]) -> list:
+    """The length config chosen for a 20-token request behind each amount of queued work (None: shed)."""
+    chosen = [budget.choose([20], Pending(ahead, windows=0, running_ms=0.0)) for ahead in queued_ms]
+    return [a.point.length_config if a else None for a in chosen]
+
+
+def slo_with_room(room_ms: float) -> float:
+    """The SLO that leaves `room_ms` for predictions at the tail factor's prior."""
+    return room_ms * TAIL_PRIOR
+
+
 def test_an_idle_server_answers_at_full_length_and_a_busier_one_at_cheaper_points(qa):
-    budget = budget_for(qa, slo_ms=10 / HEADROOM)  # 10 ms of room; the timed lines say 4, 3 and 1 ms at 20 tokens
-    chosen = [budget.choose([20], Pending(ahead, windows=0, running_ms=0.0)) for ahead in (0.0, 6.5, 8.5, 9.5)]
-    assert [p.length_config if p else None for p in chosen] == [
+    budget = budget_for(qa, slo_ms=slo_with_room(10))  # the timed lines say 4, 3 and 1 ms at 20 tokens
+    assert chosen_configs(budget, [0.0, 6.5, 8.5, 9.5]) == [
         FULL.length_config,
         TOP.length_config,
         TIMED.points[0].length_config,
         None,  # even the cheapest would miss the SLO: shed
     ]
+
+
+def observe_ratios(budget: LoadAdaptiveBudget, ratio) -> None:
+    """A window of requests admitted idle, the i-th taking `ratio(i)` times its predicted time."""
+    for i in range(TAIL_WINDOW):
+        admission = budget.choose([20], Pending(0.0, windows=0, running_ms=0.0))
+        budget.observe(admission, admission.elapsed_ms + admission.predicted_ms * ratio(i))
+
+
+def test_requests_slower_than_predicted_raise_the_tail_factor_and_the_choice_gets_cheaper(qa):
+    budget = budget_for(qa, slo_ms=12.5)
+    observe_ratios(budget, lambda i: 2.0 if i % 10 == 0 else 1.1)  # one in ten twice as long
+    assert budget.tail.factor == pytest.approx(2.0)  # the 99th percentile, not the mean
+    # predictions must now fit 12.5 / 2 = 6.25 ms: behind 5 ms of work only the cheapest point's 1 ms does
+    assert chosen_configs(budget, [0.0, 5.0, 5.5]) == [FULL.length_config, TIMED.points[0].length_config, None]
+
+
+def test_the_tail_factor_falls_back_when_requests_run_faster_than_predicted(qa):
+    budget = budget_for(qa, slo_ms=12.5)
+    observe_ratios(budget, lambda i: 2.0)  # a slow spell, then a window of requests at half their predicted time
+    observe_ratios(budget, lambda i: 0.5)
+    assert budget.tail.factor == pytest.approx(0.5)
+    # predictions may now fill 12.5 / 0.5 = 25 ms: full length behind 9.5 ms, the cheapest point behind 23.5
+    assert chosen_configs(budget, [9.5, 23.5]) == [FULL.length_config, TIMED.points[0].length_config]
+
+
+def test_the_tail_factor_stops_at_its_maximum_so_an_idle_server_still_answers(qa):
+    budget = budget_for(qa, slo_ms=12.5)
+    observe_ratios(budget, lambda i: 50.0)  # stalls that no choice of point avoids
+    assert budget.tail.factor == TAIL_MAX
+    assert chosen_configs(budget, [0.0]) == [FULL.length_config]  # 4 ms times 3 fits 12.5
+
+
+def test_the_time_a_request_has_taken_counts_as_it_is_and_only_what_follows_is_scaled_by_the_tail(qa):
+    budget = budget_for(qa, slo_ms=12.5)
+    # 8 of the 12.5 ms gone tokenising: 4.5 left, at the prior of 1.25 room for 3.6 ms of predicted work
+    admission = budget.choose([20], Pending(0.0, windows=0, running_ms=0.0), elapsed_ms=8.0)
+    assert admission.point.length_config == TOP.length_config  # 3 ms; the full model's 4 would not fit
+    for _ in range(TAIL_WINDOW):
+        budget.observe(admission, total_ms=8.0 + 2 * admission.predicted_ms)
+    assert budget.tail.factor == pytest.approx(2.0)  # of the time predicted at admission, not of the total
+
+
+def test_the_prior_holds_until_enough_requests_are_measured(qa):
+    budget = budget_for(qa, slo_ms=100.0)
+    admission = budget.choose([20], Pending(0.0, windows=0, running_ms=0.0))
+    for _ in range(10):
+        budget.observe(admission, admission.predicted_ms * 3)
+    assert budget.tail.factor == TAIL_PRIOR
 
 
 def test_the_prediction_follows_what_batches_of_each_size_measure(qa):
@@ -64,9 +123,10 @@ def test_the_work_ahead_runs_in_one_batch_with_the_request_at_that_sizes_correct
     for _ in range(30):
         work.observe_batch(1, 10.0, 20.0)
         work.observe_batch(16, 160.0, 40.0)
-    budget = LoadAdaptiveBudget(qa.frontier, work, slo_ms=25 / HEADROOM)  # 25 ms of room
+    budget = LoadAdaptiveBudget(qa.frontier, work, slo_ms=slo_with_room(25))
     # 15 windows queued (60 ms by the lines) plus this one: a batch of 16 at a quarter of the lines' time
-    assert budget.choose([20], Pending(queued_ms=60.0, windows=15, running_ms=0.0)).length_config == FULL.length_config
+    chosen = budget.choose([20], Pending(queued_ms=60.0, windows=15, running_ms=0.0))
+    assert chosen.point.length_config == FULL.length_config
     assert budget.choose([20], Pending(queued_ms=60.0, windows=15, running_ms=20.0)) is None
 
 
@@ -75,6 +135,16 @@ def test_a_configuration_off_the_frontier_costs_the_full_line_scaled_by_its_macs
     middle = FRONTIER.points[1].length_config  # MID: never timed in TIMED
     share = work.macs_ratio([20], middle)
     assert 0 < share < 1 and work.window_ms(20, middle) == pytest.approx(work.window_ms(20, None) * share)
+
+
+def test_the_macs_shares_kept_are_bounded_however_many_configs_requests_pin(qa, monkeypatch):
+    monkeypatch.setattr(load, "MACS_SHARES_KEPT", 16)
+    work = WorkModel(qa.model.config, qa.frontier)
+    first = work.macs_ratio([20], MID.length_config)
+    for ratio in range(10, 100):  # a new configuration per request, as pinned length configs may be
+        work.macs_ratio([20, 30], LengthConfig.ratios((1.0, 1.0, ratio / 100)))
+    assert work._macs_share.cache_info().currsize == 16
+    assert work.macs_ratio([20], MID.length_config) == first  # evicted, and computed again the same
 
 
 def test_slo_needs_a_frontier_and_excludes_a_default_length_choice(tiny_checkpoint: Path):
@@ -105,10 +175,14 @@ def test_past_the_cheapest_point_requests_are_shed_with_retry_after_and_pinned_o
     assert 'dtb_shed_total{reason="slo"} 1.0' in client.get("/metrics").text
 
 
-def test_the_slo_server_moves_to_cheaper_points_as_work_queues_up_and_back_when_it_drains(qa):
-    app = create_app(qa, settings=ServerSettings(slo_ms=10 / HEADROOM))  # 10 ms of room, as above
+def test_the_slo_server_moves_to_cheaper_points_as_work_queues_up_and_back_when_it_drains(qa, monkeypatch):
+    app = create_app(qa, settings=ServerSettings(slo_ms=slo_with_room(10)))  # as above
     work, batcher = app.state.work, app.state.batcher
-    work.observe_batch = work.observe_request = lambda *args: None  # keep the predictions as the lines say
+    work.observe_batch = work.observe_decoding = lambda *args: None  # keep the predictions as the lines say
+    choose = LoadAdaptiveBudget.choose  # and take tokenising as instant: the room is the queue's alone
+    monkeypatch.setattr(
+        LoadAdaptiveBudget, "choose", lambda self, lengths, pending, elapsed_ms: choose(self, lengths, pending)
+    )
     client = TestClient(app)
     lengths = [w.length for w in qa.windows([PAIR["question"]], [PAIR["context"]])]
     served = []

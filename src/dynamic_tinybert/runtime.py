@@ -8,14 +8,23 @@ That suits one long batch job (`dtb eval`, `search`, `sweep`, `calibrate`, `benc
 does not suit a threaded server: every thread's arena would keep its own peak. `return_freed_memory` is the
 opposite trade, for a job whose memory must not grow with its length (`dtb answer`). Loading a model never
 changes either. The measurements behind them are in docs/experiments/malloc-tuning.md.
+
+`dtb serve` takes neither trade. Its memory grew with the shapes it saw because two caches of compiled kernels
+filled (`bound_kernel_caches` bounds them), and it keeps glibc's adaptive threshold, which reuses freed
+activations (with the threshold fixed it answered fewer requests per second), handing what its heap holds back
+whenever the load goes idle (`trim_heap`). The measurements are in docs/experiments/serve-under-load.md.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import os
 import platform
 import sys
+import threading
+import time
 
 import torch
 
@@ -24,6 +33,9 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling on 64-bit: larger blocks are always mmap()ed
 TRIM_THRESHOLD = 2**30
 MMAP_THRESHOLD_FIXED = 128 * 2**10  # glibc's initial threshold, before it adapts
+KERNEL_CACHE_CAPACITY = 128  # compiled kernels kept per cache (oneDNN's and ideep's default: 1024 each)
+KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # oneDNN's, ideep's
+TRIM_INTERVAL_S = 1.0
 
 _kept: bool | None = None
 
@@ -52,6 +64,48 @@ def return_freed_memory() -> bool:
     return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_FIXED))
 
 
+def bound_kernel_caches(capacity: int = KERNEL_CACHE_CAPACITY) -> None:
+    """Keep at most `capacity` compiled matmul kernels in each of oneDNN's and ideep's caches; call before the
+    first forward pass.
+
+    Both cache a kernel per input shape (bf16 and int8 matmuls on the CPU go through them), 1,024 each by
+    default. A server's shapes are ever new (a batch's windows times its longest), so the caches fill: in
+    `dtb serve` at bf16 they held about 500 MiB, and their entries, allocated among the activations, pinned
+    the heap. A kernel compiles in well under a millisecond, and the shapes seen most stay cached. Both
+    libraries read the capacity from the environment once, when their cache is first used, so it must be set
+    before that; a capacity already set in the environment is kept.
+    """
+    for name in KERNEL_CACHE_VARIABLES:
+        os.environ.setdefault(name, str(capacity))
+
+
+_trim_lock = threading.Lock()
+_last_trim = -float("inf")
+
+
+def trim_heap(min_interval_s: float = TRIM_INTERVAL_S) -> bool:
+    """Hand the free pages inside malloc's heaps back to the system, at most once per `min_interval_s`; True if
+    it did. For a server whose load has just gone idle.
+
+    glibc returns freed memory from the top of a heap only, so the free holes that activations of ever new
+    shapes leave below live blocks stay resident, in every thread's arena. malloc_trim(0) releases every free
+    page of every arena. It walks the free lists (measured in `dtb serve`: 3 to 5 ms typically, up to 30), so it
+    is rate-limited and left to moments when nothing waits for the model. False where the C library is not glibc.
+    """
+    global _last_trim
+    libc = _glibc()
+    if libc is None:
+        return False
+    with _trim_lock:
+        now = time.monotonic()
+        if now - _last_trim < min_interval_s:
+            return False
+        _last_trim = now
+    libc.malloc_trim(0)
+    return True
+
+
+@functools.cache
 def _glibc():
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         return ctypes.CDLL(ctypes.util.find_library("c"))

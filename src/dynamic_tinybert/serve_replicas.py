@@ -31,7 +31,9 @@ class AnswerReplica:
         import torch
 
         from .pipeline import QuestionAnswerer
+        from .runtime import bound_kernel_caches
 
+        bound_kernel_caches()  # as `dtb serve` does, before the first forward pass
         torch.set_num_threads(threads)
         self.qa = QuestionAnswerer.from_pretrained(
             model, revision=revision, device=device, precision=precision, **defaults

@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 
 from ..retrieval import Retriever
-from ..runtime import return_freed_memory
+from ..runtime import bound_kernel_caches
 from ..serving.settings import ServerSettings, setting_field, setting_names
 from .common import (
     UsageError,
@@ -89,12 +89,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray_replicas:
         return serve_replicas(args, settings)
     listening = listening_socket(args.host, args.port)  # a port in use or an unknown host fails before loading
+    bound_kernel_caches()  # every batch has new shapes: a kernel cached for each grew memory by 500 MiB (runtime.py)
     qa = load_answerer(args, **answer_options(args))  # checked here: a bad default fails before serving
     try:
         app = create_app(qa, name=required_model(args), settings=settings, retriever=retriever)
     except ValueError as e:
         raise UsageError(f"dtb serve: {e}") from None
-    return_freed_memory()  # every batch has new shapes: a heap that keeps them only grows (runtime.py)
     serve(app, listening, settings)
     return 0
 

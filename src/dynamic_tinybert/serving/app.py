@@ -37,7 +37,7 @@ from ..options import LENGTH_CHOICES, AnswerOptions
 from ..pipeline import QuestionAnswerer, tokens_per_question
 from ..retrieval import Retriever, as_documents, placed
 from .batcher import Batcher, Job
-from .load import LoadAdaptiveBudget, WorkModel
+from .load import Admission, LoadAdaptiveBudget, WorkModel
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .schema import (
     ERROR_TYPES,
@@ -89,6 +89,8 @@ def create_app(
     metrics = ServerMetrics()
     work = WorkModel(qa.model.config, qa.frontier)
     adaptive = None if settings.slo_ms is None else LoadAdaptiveBudget(qa.frontier, work, settings.slo_ms)
+    if adaptive is not None:
+        metrics.tail_factor.set(adaptive.tail.factor)
     batcher = Batcher(qa, work, metrics, settings.max_batch_tokens, settings.max_wait_ms)
     workers = anyio.CapacityLimiter(settings.cpu_workers)
     ready = anyio.Event()
@@ -176,16 +178,19 @@ def create_app(
             options["length_config"] = checked(lambda: LengthConfig.parse(options["length_config"]))
         return options
 
-    def choose_length(opts: AnswerOptions, windows: list[Window], questions: int, pinned: bool) -> LengthConfig | None:
-        """The request's own or the server's length choice; with --slo-ms and none given, what the load allows."""
+    def choose_length(
+        opts: AnswerOptions, windows: list[Window], questions: int, pinned: bool, elapsed_ms: float
+    ) -> tuple[LengthConfig | None, Admission | None]:
+        """The request's own or the server's length choice; with --slo-ms and none given, what the load allows
+        a request that has taken `elapsed_ms` so far (with the admission that chose it)."""
         if adaptive is None or pinned:
             try:
-                return qa.length_config_for(opts, tokens_per_question(windows, questions))
+                return qa.length_config_for(opts, tokens_per_question(windows, questions)), None
             except ValueError as e:
                 raise ServiceError(422, str(e)) from None
         pending = batcher.pending()
-        point = adaptive.choose([w.length for w in windows], pending)
-        if point is None:
+        admission = adaptive.choose([w.length for w in windows], pending, elapsed_ms)
+        if admission is None:
             metrics.shed.labels("slo").inc()
             ahead_ms = pending.total_ms(work)
             retry = adaptive.retry_after_s(ahead_ms)
@@ -195,7 +200,7 @@ def create_app(
                 f"{ahead_ms:.0f} ms of work queued; retry in {retry} s",
                 {"Retry-After": str(retry)},
             )
-        return point.length_config
+        return admission.point.length_config, admission
 
     async def wait_for(job: Job, request: Request) -> tuple[list, list]:
         """The job's logits; its queued work is dropped if the client leaves or the time limit cancels us."""
@@ -229,7 +234,7 @@ def create_app(
         admitted += 1
         metrics.in_flight.inc()
         started = time.perf_counter()
-        queue_ms = model_ms = 0.0
+        queue_ms = 0.0
         try:
             with anyio.fail_after(settings.request_timeout_s):
                 opts, windows, state = await anyio.to_thread.run_sync(prepare, limiter=workers)
@@ -239,13 +244,14 @@ def create_app(
                         f"the texts need {len(windows)} model windows at this max_seq_len and doc_stride, "
                         f"over the limit of {settings.max_windows} (--max-windows)",
                     )
-                length_config = choose_length(opts, windows, questions, pinned)
+                elapsed_ms = 1000.0 * (time.perf_counter() - started)
+                length_config, admission = choose_length(opts, windows, questions, pinned, elapsed_ms)
                 logits: tuple[list, list] = ([], [])
                 if windows:
                     job = batcher.submit(windows, length_config)
-                    submitted = time.perf_counter()
                     logits = await wait_for(job, request)
-                    queue_ms, model_ms = job.queue_ms or 0.0, 1000.0 * (time.perf_counter() - submitted)
+                    queue_ms = job.queue_ms or 0.0
+                decoding = time.perf_counter()
                 result = await anyio.to_thread.run_sync(finish, state, *logits, length_config, limiter=workers)
         except TimeoutError:
             metrics.cancelled.labels("timeout").inc()
@@ -257,7 +263,11 @@ def create_app(
         finally:
             admitted -= 1
             metrics.in_flight.dec()
-        work.observe_request(1000.0 * (time.perf_counter() - started), model_ms)
+        answered = time.perf_counter()
+        work.observe_decoding(1000.0 * (answered - decoding))
+        if admission is not None:
+            adaptive.observe(admission, 1000.0 * (answered - started))
+            metrics.tail_factor.set(adaptive.tail.factor)
         ratio = work.macs_ratio([w.length for w in windows], length_config) if windows else 1.0
         metrics.macs_ratio.observe(ratio)
         response.headers["X-Length-Config"] = "full" if is_full_length(length_config) else str(length_config)

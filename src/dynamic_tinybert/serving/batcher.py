@@ -23,6 +23,7 @@ import numpy as np
 from ..features import Window
 from ..length_config import LengthConfig
 from ..pipeline import QuestionAnswerer
+from ..runtime import TRIM_INTERVAL_S, trim_heap
 from .load import Pending, WorkModel, batch_class_floor
 from .metrics import ServerMetrics
 
@@ -137,12 +138,20 @@ class Batcher:
         job.scheduled = len(job.windows)
 
     def _loop(self) -> None:
+        trim_owed = False  # batches have run since the heap was last trimmed
         while True:
+            if trim_owed and not self._jobs:  # the model has gone idle: hand back what its batches freed
+                trim_owed = not trim_heap()
             with self._wake:
                 while not self._jobs and not self._stopping:
+                    if trim_owed:  # trimmed too recently: try again once the interval has passed
+                        self._wake.wait(TRIM_INTERVAL_S)
+                        break
                     self._wake.wait()
                 if self._stopping:
                     return
+                if not self._jobs:
+                    continue
                 self._wait_to_fill()
                 batch = self._take()
                 if not batch:
@@ -151,11 +160,15 @@ class Batcher:
                 self._running_windows = len(batch)
                 self._running_since = time.monotonic()
             self._run(batch)
+            trim_owed = True
             with self._wake:
                 self._running_ms = 0.0
 
     def _wait_to_fill(self) -> None:
-        """Give a batch that is not full up to `max_wait_ms` after its oldest request to gather company."""
+        """Give a batch that is not full up to `max_wait_ms` after its oldest request to gather company.
+
+        Off by default: the queue fills while the model is busy, and a request that finds it idle is run at once.
+        """
         if not self.max_batch_tokens or not self.max_wait_s:
             return
         deadline = self._jobs[0].submitted + self.max_wait_s

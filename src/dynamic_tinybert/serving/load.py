@@ -6,16 +6,23 @@ ahead of it. The lines were measured one question at a time, possibly on another
 window costs less, and the more so the larger the batch. So the prediction is kept honest against what the
 batching loop measures: every batch updates the correction factor of its size class (measured ms over
 predicted ms, a moving average; classes 1, 2-3, 4-7, 8-15, 16-31 and 32+ windows), the queue ahead is
-predicted at the factor of the batch it will run in, and every request updates the time it spends outside
-the model (tokenising, decoding, HTTP).
+predicted at the factor of the batch it will run in, and every request updates the time its answer takes to
+decode once its logits are back. The time a request spent before it is admitted (tokenising, waiting for a
+worker) is known then, and counted as it is. The predictions are means and an SLO is for the tail, so the
+chooser scales each by `LatencyTail`, the 99th percentile of how much longer than predicted recent requests
+took.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..cost import macs
 from ..frontier import BudgetError, Frontier, Latency, Point
@@ -23,9 +30,14 @@ from ..length_config import LengthConfig, is_full_length
 from ..model import BertConfig
 
 SMOOTHING = 0.2  # weight of the newest measurement in the moving averages
-HEADROOM = 0.8  # the share of the SLO a prediction may fill: predictions are means, the SLO is for the tail
+TAIL_QUANTILE = 0.99  # the share of requests the SLO is to hold for
+TAIL_WINDOW = 300  # recent requests the tail factor is taken over
+TAIL_MIN_REQUESTS = 50  # requests measured before the tail factor replaces its prior
+TAIL_PRIOR = 1.25  # the tail factor until then: a prediction may fill 80% of the SLO
+TAIL_MAX = 3.0  # the largest tail factor: a tail beyond it is the machine's, and shedding more cannot help
 BATCH_CLASSES = (1, 2, 4, 8, 16, 32)  # the smallest batch size of each class a correction is kept for
 UNTIMED_MS_PER_TOKEN = 0.2  # a first guess for a model whose frontier was never timed; measurement corrects it
+MACS_SHARES_KEPT = 8192  # (length config, window length) pairs whose MACs share is kept, the most recent
 
 
 class WorkModel:
@@ -38,10 +50,11 @@ class WorkModel:
             _key(p.length_config): p.latency for p in points if p.latency is not None
         }
         self._full = self._lines.get(None)
-        self._shares: dict[tuple[LengthConfig, int], float] = {}
+        # bounded: requests may pin any length config, so the (config, window length) pairs seen are unbounded
+        self._macs_share = functools.lru_cache(maxsize=MACS_SHARES_KEPT)(self._compute_macs_share)
         self._lock = threading.Lock()
         self._corrections: list[float | None] = [None] * len(BATCH_CLASSES)  # measured / predicted, per class
-        self.overhead_ms = 0.0  # time a request spends outside the model, recently
+        self.decode_ms = 0.0  # time from a request's logits to its answer (a worker's wait, decoding), recently
 
     def window_ms(self, length: int, length_config: LengthConfig | None) -> float:
         """Uncorrected ms of one window of `length` real tokens, as its configuration's latency line says.
@@ -63,12 +76,9 @@ class WorkModel:
         full = [macs(self._config, n) for n in lengths]
         return sum(f * self._macs_share(key, n) for f, n in zip(full, lengths)) / sum(full)
 
-    def _macs_share(self, length_config: LengthConfig, length: int) -> float:
-        share = self._shares.get((length_config, length))
-        if share is None:
-            share = macs(self._config, length, length_config) / macs(self._config, length)
-            self._shares[(length_config, length)] = share
-        return share
+    def _compute_macs_share(self, length_config: LengthConfig, length: int) -> float:
+        """MACs of a window of `length` tokens under the configuration, as a share of the full model's."""
+        return macs(self._config, length, length_config) / macs(self._config, length)
 
     def correction(self, windows: int) -> float:
         """Measured over predicted model time of recent batches of about this many windows (1.0: none yet).
@@ -91,9 +101,9 @@ class WorkModel:
                 old = self._corrections[i]
                 self._corrections[i] = ratio if old is None else old + SMOOTHING * (ratio - old)
 
-    def observe_request(self, total_ms: float, model_ms: float) -> None:
+    def observe_decoding(self, decode_ms: float) -> None:
         with self._lock:
-            self.overhead_ms += SMOOTHING * (max(0.0, total_ms - model_ms) - self.overhead_ms)
+            self.decode_ms += SMOOTHING * (decode_ms - self.decode_ms)
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,41 @@ class Pending:
         return self.running_ms + work.correction(self.windows) * self.queued_ms
 
 
+class LatencyTail:
+    """How much longer than predicted the slowest recent requests took: what a prediction is scaled by to fit
+    an SLO meant for the tail.
+
+    Each request served under the SLO adds the time it took from its admission on over the time predicted
+    then; the factor is the `TAIL_QUANTILE` of the last `TAIL_WINDOW` of them (`TAIL_PRIOR` until
+    `TAIL_MIN_REQUESTS` are in). So whatever the mean predictions leave out (batches grown by later arrivals,
+    tokenising on the model's cores, a noisy machine) is measured, and a factor that rose comes back down
+    when requests run faster. It stops at `TAIL_MAX`: on a shared 2-core machine, where one request at a
+    time already had a p99 of 2.5 to 3 times its median, the factor reached 3.5 and the server shed 86% of
+    the requests without bringing their p99 within the SLO; one that kept rising would shed every request
+    and measure none.
+    """
+
+    def __init__(self) -> None:
+        self._ratios: deque[float] = deque(maxlen=TAIL_WINDOW)
+        self.factor = TAIL_PRIOR
+
+    def observe(self, predicted_ms: float, measured_ms: float) -> None:
+        if predicted_ms > 0:
+            self._ratios.append(measured_ms / predicted_ms)
+            if len(self._ratios) >= TAIL_MIN_REQUESTS:
+                self.factor = min(float(np.quantile(self._ratios, TAIL_QUANTILE)), TAIL_MAX)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The point a request runs at under the SLO: the time it had taken when admitted, and the time it was
+    then predicted to take from there on (before the tail factor)."""
+
+    point: Point
+    elapsed_ms: float
+    predicted_ms: float
+
+
 class LoadAdaptiveBudget:
     """`dtb serve --slo-ms`: the most accurate frontier point a request can run at and still meet the SLO."""
 
@@ -118,20 +163,27 @@ class LoadAdaptiveBudget:
         self.points: list[Point] = [frontier.full, *reversed(frontier.points)]
         self.work = work
         self.slo_ms = slo_ms
+        self.tail = LatencyTail()
 
-    def choose(self, lengths: Sequence[int], pending: Pending) -> Point | None:
-        """The first point, most accurate first, whose predicted finish fits the SLO; None: none does (shed).
+    def choose(self, lengths: Sequence[int], pending: Pending, elapsed_ms: float = 0.0) -> Admission | None:
+        """The first point, most accurate first, at which a request that has taken `elapsed_ms` so far is
+        predicted to finish within the SLO, its prediction times the tail factor; None: none does (shed).
 
-        The request's windows and the queue ahead run in batches as large as both together, at that size's
-        correction; the batch in the model now finishes first.
+        What is left of a request is the rest of the batch in the model now, the queue ahead with its own
+        windows (run in batches as large as both together, at that size's correction), and its decoding.
         """
-        room = self.slo_ms * HEADROOM - self.work.overhead_ms - pending.running_ms
+        fixed_ms = pending.running_ms + self.work.decode_ms  # the same at every point
         correction = self.work.correction(pending.windows + len(lengths))
         for point in self.points:
             own = sum(self.work.window_ms(n, point.length_config) for n in lengths)
-            if correction * (pending.queued_ms + own) <= room:
-                return point
+            predicted_ms = fixed_ms + correction * (pending.queued_ms + own)
+            if elapsed_ms + predicted_ms * self.tail.factor <= self.slo_ms:
+                return Admission(point, elapsed_ms, predicted_ms)
         return None
+
+    def observe(self, admission: Admission, total_ms: float) -> None:
+        """A request admitted under the SLO took `total_ms` in all."""
+        self.tail.observe(admission.predicted_ms, total_ms - admission.elapsed_ms)
 
     @staticmethod
     def retry_after_s(ahead_ms: float) -> int:

@@ -63,6 +63,11 @@ class ServerMetrics:
             ["batch"],
             registry=r,
         )
+        self.tail_factor = Gauge(
+            "dtb_slo_tail_factor",
+            "the 99th percentile of recent requests' time over their predicted time (--slo-ms scales by it)",
+            registry=r,
+        )
 
     def observe_batch(self, windows: int, padded_tokens: int, seconds: float) -> None:
         self.batch_windows.observe(windows)

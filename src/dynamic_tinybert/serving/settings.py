@@ -29,7 +29,12 @@ class ServerSettings:
         "padded tokens per forward pass, gathered across concurrent requests (0: one request at a time, "
         "each batched on its own)",
     )
-    max_wait_ms: float = setting(5.0, "how long a batch may wait for more requests to fill it, in ms")
+    max_wait_ms: float = setting(
+        0.0,
+        "how long a batch that is not full may wait for more requests, in ms (0: it takes what queued while the "
+        "model was busy, as Text Embeddings Inference does; on a CPU, where a larger batch saves little, a wait "
+        "made a lone request slower and 16 clients no faster)",
+    )
     slo_ms: float | None = setting(
         None,
         "latency objective per request, in ms: a request that sets no budget of its own gets the most accurate "
