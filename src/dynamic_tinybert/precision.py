@@ -3,7 +3,7 @@
 (On a GPU, bf16 is simply the whole model cast to bf16; int8 is CPU-only.)
 
 The encoder's Linear layers do almost all of the model's MACs. On CPUs with native bf16 (AVX512-BF16,
-AMX) a bf16 matmul runs several times faster than fp32, and an int8 one (VNNI) faster still. In bf16 the
+AMX) a bf16 matmul runs several times faster than fp32; int8 (VNNI) has twice bf16's peak. In bf16 the
 attention (queries, keys, values, the fused softmax(q k) v) and GELU run in bf16 too. Everything else stays
 fp32: embeddings, the residual stream, LayerNorms, the significance scores that choose which tokens to
 keep, and the span head. Weights are handed to oneDNN once in its own blocked layout (packed), not
@@ -11,9 +11,9 @@ reordered on every call.
 
 int8 multiplies int8 weights (one scale per output row) by int8 activations with one scale per token,
 measured as each batch runs, in int32: a scale per token keeps a token with a few large activations from
-crushing every other token's to zero, which one scale per batch (torch's dynamic quantisation) did, at
-1.4 F1. The first layer's feed-forward output projection (1536 -> 384 in MiniLM) stays in bf16 (fp32 on
-CPUs without native bf16): its input, after GELU, has a few very large activations in a few channels, and
+crushing every other token's to zero, as one scale per batch (torch's dynamic quantisation) did. The
+first layer's feed-forward output projection (1536 -> 384 in MiniLM) stays in bf16 (fp32 on CPUs without
+native bf16): its input, after GELU, has a few very large activations in a few channels, and
 quantising it cost the most accuracy of any one layer (docs/experiments/int8-layers.md, int8-per-token.md).
 """
 
