@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import check_unicode
+from .fileio import decode_utf8
 
 DIGEST = np.dtype("V16")  # an id's blake2b digest: collisions are out of reach for any number of questions
 INPUT_SHAPE = '{"id": string, "question": string, "context": string}'
@@ -112,9 +113,9 @@ def parse_question(path: Path, number: int, raw: bytes) -> Question | None:
     """The question on one input line (None for a blank line); a JobInputError naming the line otherwise."""
     where = f"{path}:{number}"
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise JobInputError(f"{where}: not UTF-8 text (byte {e.start} is {raw[e.start]:#04x})") from None
+        text = decode_utf8(raw, where)
+    except ValueError as e:
+        raise JobInputError(str(e)) from None
     if not text.strip():
         return None
     try:

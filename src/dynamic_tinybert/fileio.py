@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader, or a crash, never sees a half-written file."""
+"""Reading and writing users' files: atomic writes (a reader, or a crash, never sees a half-written file), and
+text that names where it is not UTF-8."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """`data` as text; a ValueError that names `source` and the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source}: not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> None:

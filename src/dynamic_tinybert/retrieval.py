@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, decode_utf8
 
 if TYPE_CHECKING:
     from .pipeline import QuestionAnswerer
@@ -127,21 +127,13 @@ def read_passages(paths: Iterable[str | os.PathLike], passage_chars: int = PASSA
     """Every passage of the files of `paths`, in file order; empty files and records give none."""
     passages: list[Passage] = []
     for path in source_files(paths):
-        text = _read_utf8(path)
+        text = decode_utf8(path.read_bytes(), str(path))
         if path.suffix.lower() in JSONL_SUFFIXES:
             for number, record_id, record_text in _jsonl_records(path, text):
                 passages += split_passages(record_text, str(path), record_id, number, passage_chars)
         else:
             passages += split_passages(text, str(path), passage_chars=passage_chars)
     return passages
-
-
-def _read_utf8(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
 
 
 def _jsonl_records(path: Path, text: str) -> Iterable[tuple[int, str, str]]:
@@ -231,9 +223,7 @@ class Retriever:
             return []
         found = self.bm25.retrieve(tokens, k=min(top_k, len(self)), show_progress=False, n_threads=1)
         return [
-            (self.passages[int(i)], float(score))
-            for i, score in zip(found.documents[0], found.scores[0])
-            if score > 0
+            (self.passages[int(i)], float(score)) for i, score in zip(found.documents[0], found.scores[0]) if score > 0
         ]
 
     def ask(self, qa: QuestionAnswerer, question: str, retrieve: int = 20, top_k: int = 5, **options) -> dict:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..cost import macs
+from ..fileio import decode_utf8
 from ..frontier import load_frontier
 from ..options import option_field
 from ..runtime import keep_freed_memory, peak_rss_mib, return_freed_memory
@@ -197,9 +198,9 @@ def read_ask_inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def read_utf8(data: bytes, source: str) -> str:
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"dtb ask: {source}: not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
+        return decode_utf8(data, source)
+    except ValueError as e:
+        raise UsageError(f"dtb ask: {e}") from None
 
 
 def read_jsonl_pairs(path: Path) -> tuple[list[str], list[str]]:
