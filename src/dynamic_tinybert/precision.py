@@ -62,12 +62,25 @@ def can_pack_weights() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-class BFloat16Linear(nn.Module):
+class PackedWeightLinear(nn.Module):
+    """A Linear layer that hands its weight to oneDNN packed at the first call and keeps the packed copy.
+
+    The packed copy is an opaque oneDNN tensor: it is not saved, copied or pickled; a copy packs its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._packed: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_packed": None}
+
+
+class BFloat16Linear(PackedWeightLinear):
     """A Linear layer whose weights are stored and multiplied in bf16; it returns `out_dtype` (fp32 by default).
 
-    On the CPU the weight is packed into oneDNN's layout at the first call and kept (not saved or copied:
-    a copy packs its own), so a call does not reorder it again; the results are bit for bit those of
-    `F.linear`.
+    On the CPU the weight is packed into oneDNN's layout at the first call, so a call does not reorder it
+    again; the results are bit for bit those of `F.linear`.
     """
 
     def __init__(self, linear: nn.Linear, out_dtype: torch.dtype = torch.float32):
@@ -76,7 +89,6 @@ class BFloat16Linear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.out_dtype = out_dtype
-        self._packed: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.bfloat16)
@@ -86,16 +98,13 @@ class BFloat16Linear(nn.Module):
             self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "").to(self.out_dtype)
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_packed": None}  # an opaque oneDNN tensor cannot be copied or pickled
 
-
-class Int8Linear(nn.Module):
+class Int8Linear(PackedWeightLinear):
     """A Linear layer run as an int8 x int8 -> int32 matmul: weights with one scale per output row, activations
     quantised as they come with one scale per token (row). Returns `out_dtype`.
 
-    On x86 the weight is packed for oneDNN's quantised Linear at the first call (not saved or copied, as in
-    `BFloat16Linear`); elsewhere `torch._int_mm` multiplies. Both give the int32 products exactly.
+    On x86 the weight is packed for oneDNN's quantised Linear at the first call; elsewhere `torch._int_mm`
+    multiplies. Both give the int32 products exactly.
     """
 
     def __init__(self, linear: nn.Linear, out_dtype: torch.dtype = torch.float32):
@@ -106,8 +115,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         bias = torch.zeros(weight.shape[0]) if linear.bias is None else linear.bias.detach().float()
         self.register_buffer("bias", bias)
+        self.register_buffer("weight_zero_points", torch.zeros(weight.shape[0], dtype=torch.long), persistent=False)
         self.out_dtype = out_dtype
-        self._packed: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
@@ -122,15 +131,11 @@ class Int8Linear(nn.Module):
             return torch.mul(torch._int_mm(quantised.to(torch.int8), self.weight.t()), self.weight_scale)
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
-            self._zero_points = torch.zeros(self.weight.shape[0], dtype=torch.long)
         unsigned = quantised.add_(128).to(torch.uint8)  # oneDNN takes unsigned activations with a zero point
         return torch.ops.onednn.qlinear_pointwise(
-            unsigned, 1.0, 128, self._packed, self.weight_scale, self._zero_points, None, 1.0, 0, torch.float32,
+            unsigned, 1.0, 128, self._packed, self.weight_scale, self.weight_zero_points, None, 1.0, 0, torch.float32,
             "none", [], "",
         )  # fmt: skip
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_packed": None}  # an opaque oneDNN tensor cannot be copied or pickled
 
 
 def precision_of(model: BertForQuestionAnswering) -> str:
