@@ -69,9 +69,9 @@ def bound_kernel_caches(capacity: int = KERNEL_CACHE_CAPACITY) -> None:
     first forward pass.
 
     Both cache a kernel per input shape (bf16 and int8 matmuls on the CPU go through them), 1,024 each by
-    default. A server's shapes are ever new (a batch's windows times its longest), so the caches fill: in
-    `dtb serve` at bf16 they held about 500 MiB, and their entries, allocated among the activations, pinned
-    the heap. A kernel compiles in well under a millisecond, and the shapes seen most stay cached. Both
+    default. A server's shapes are ever new (a batch's windows times its longest), so the caches fill with
+    hundreds of MiB of kernels, and their entries, allocated among the activations, pin the heap. A kernel
+    compiles quickly, and the shapes seen most stay cached (docs/experiments/serve-under-load.md). Both
     libraries read the capacity from the environment once, when their cache is first used, so it must be set
     before that; a capacity already set in the environment is kept.
     """
@@ -89,8 +89,8 @@ def trim_heap(min_interval_s: float = TRIM_INTERVAL_S) -> bool:
 
     glibc returns freed memory from the top of a heap only, so the free holes that activations of ever new
     shapes leave below live blocks stay resident, in every thread's arena. malloc_trim(0) releases every free
-    page of every arena. It walks the free lists (measured in `dtb serve`: 3 to 5 ms typically, up to 30), so it
-    is rate-limited and left to moments when nothing waits for the model. False where the C library is not glibc.
+    page of every arena. It walks the free lists, which takes milliseconds, so it is rate-limited and left to
+    moments when nothing waits for the model. False where the C library is not glibc.
     """
     global _last_trim
     libc = _glibc()

@@ -126,10 +126,9 @@ class LatencyTail:
     then; the factor is the `TAIL_QUANTILE` of the last `TAIL_WINDOW` of them (`TAIL_PRIOR` until
     `TAIL_MIN_REQUESTS` are in). So whatever the mean predictions leave out (batches grown by later arrivals,
     tokenising on the model's cores, a noisy machine) is measured, and a factor that rose comes back down
-    when requests run faster. It stops at `TAIL_MAX`: on a shared 2-core machine, where one request at a
-    time already had a p99 of 2.5 to 3 times its median, the factor reached 3.5 and the server shed 86% of
-    the requests without bringing their p99 within the SLO; one that kept rising would shed every request
-    and measure none.
+    when requests run faster. It stops at `TAIL_MAX`: where even one request at a time has a tail far above
+    its median, a factor that kept rising would shed every request and measure none (the measurements are in
+    docs/experiments/serve-under-load.md).
     """
 
     def __init__(self) -> None:
