@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,29 @@ def test_a_script_records_its_provenance_in_the_json_and_the_markdown(tiny_check
     check_provenance(found, tiny_checkpoint)
     lines = output.with_suffix(".md").read_text().splitlines()
     assert lines[2 if title else 0] == provenance_line(found)
+
+
+def test_frontier_configs_scores_every_model_under_every_frontier_configuration(tiny_checkpoint, tmp_path):
+    """Two models, one with a frontier: both are scored at full length and under each of its points."""
+    TIMED.save(tiny_checkpoint)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_checkpoint, other)
+    (other / "pareto.json").unlink()
+    data = write_squad_file(synthetic_dataset(6, seed=2), tmp_path / "train.json")
+    output = tmp_path / "result"
+    command = [sys.executable, "experiments/frontier_configs.py", "--models", f"{tiny_checkpoint},{other}"]
+    command += ["--data", str(data), "--holdout-articles", "0", "--threads", "1", "--output", str(output)]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(output.with_suffix(".json").read_text())
+    assert result["questions"] == 6
+    expected = {"full"} | {str(point.length_config) for point in TIMED.points}
+    assert set(result["scores"]) == expected
+    for scores in result["scores"].values():
+        assert set(scores) == {str(tiny_checkpoint), str(other)}
+        assert all(0 <= s["f1"] <= 100 and 0 < s["macs_ratio"] <= 1 for s in scores.values())
+    assert result["scores"]["full"][str(other)]["macs_ratio"] == 1.0
+    check_provenance(result["provenance"], tiny_checkpoint)
 
 
 def test_write_result_puts_the_line_beneath_the_title_and_keeps_the_data(tmp_path):
