@@ -33,7 +33,7 @@ PRUNE_SECONDS=${PRUNE_SECONDS:-465}
 SAVE_EVERY=${SAVE_EVERY:-300}
 
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
-dtb() { python3 -m dynamic_tinybert.cli "$@"; }
+DTB=(python3 -m dynamic_tinybert.cli)  # a command, not a function, so that `timeout` can run it
 mkdir -p "$WORK"
 START=$SECONDS
 stamp() { echo "[$((SECONDS - START)) s] $*"; }
@@ -58,7 +58,7 @@ ship() {
 lengthdrop() {
     local run=$WORK/lengthdrop
     stamp "lengthdrop: $LD_STEPS steps"
-    timeout -k 15 "$LD_SECONDS" python3 -m dynamic_tinybert.cli train finetune --model "$MODEL" --data "$DATA" \
+    timeout -k 15 "$LD_SECONDS" "${DTB[@]}" train finetune --model "$MODEL" --data "$DATA" \
         --answerable-only $LIMIT_ARGS --output "$run" --max-steps "$LD_STEPS" --batch-size 32 --lr 2e-5 \
         --warmup-ratio 0.05 --seed 4 --length-drop --length-drop-ratio-bound 0.25 --layer-drop 0 \
         --protect-question --length-drop-fresh-only --save-every "$SAVE_EVERY" --log-every 50 \
@@ -67,9 +67,9 @@ lengthdrop() {
     local trained
     trained=$(newest "$run")
     [ -n "$trained" ] || { stamp "lengthdrop left no checkpoint"; return 1; }
-    dtb export --model "$trained" --output "$WORK/lengthdrop-raw" --fp16 || return 1
+    "${DTB[@]}" export --model "$trained" --output "$WORK/lengthdrop-raw" --fp16 || return 1
     stamp "scorers: $SCORER_STEPS steps on $trained"
-    timeout -k 15 "$SCORER_SECONDS" python3 -m dynamic_tinybert.cli train scorers --model "$WORK/lengthdrop-raw" \
+    timeout -k 15 "$SCORER_SECONDS" "${DTB[@]}" train scorers --model "$WORK/lengthdrop-raw" \
         --data "$DATA" --answerable-only $LIMIT_ARGS --output "$WORK/scorers" --max-steps "$SCORER_STEPS" \
         --batch-size 32 --lr 1e-3 --warmup-ratio 0.1 --seed 42 --precision fp32 --save-every "$SAVE_EVERY" \
         --log-every 50 > "$WORK/scorers.log" 2>&1
@@ -77,9 +77,9 @@ lengthdrop() {
     local scored
     scored=$(newest "$WORK/scorers")
     scored=${scored:-$WORK/lengthdrop-raw}
-    dtb export --model "$scored" --output "$WORK/lengthdrop-release" --fp16 || return 1
+    "${DTB[@]}" export --model "$scored" --output "$WORK/lengthdrop-release" --fp16 || return 1
     stamp "search: $SEARCH_SECONDS s"
-    dtb search --device "$DEVICE" --model "$WORK/lengthdrop-release" --data "$DATA" --answerable-only \
+    "${DTB[@]}" search --device "$DEVICE" --model "$WORK/lengthdrop-release" --data "$DATA" --answerable-only \
         --protect-question --time-limit "$SEARCH_SECONDS" --max-points 8 --latency-questions 8 --resume \
         --start-from "$MODEL/pareto.json" --output "$WORK/search" > "$WORK/search.log" 2>&1
     stamp "search exited $?"
@@ -93,7 +93,7 @@ lengthdrop() {
 pruned() {
     local run=$WORK/pruned
     stamp "pruned: $PRUNE_STEPS steps, 80% 1x4 by step $PRUNE_END"
-    timeout -k 15 "$PRUNE_SECONDS" python3 -m dynamic_tinybert.cli train distill --stage pd --teacher "$MODEL" \
+    timeout -k 15 "$PRUNE_SECONDS" "${DTB[@]}" train distill --stage pd --teacher "$MODEL" \
         --student "$MODEL" --data "$DATA" --answerable-only $LIMIT_ARGS --output "$run" --prune-to 0.8 \
         --prune-pattern 1x4 --prune-start 0 --prune-end "$PRUNE_END" --prune-every "$PRUNE_EVERY" \
         --max-steps "$PRUNE_STEPS" --epochs 20 --batch-size 32 --lr 1e-4 --warmup-ratio 0.05 --seed 0 \
@@ -102,7 +102,7 @@ pruned() {
     local trained
     trained=$(newest "$run")
     [ -n "$trained" ] || { stamp "pruned left no checkpoint"; return 1; }
-    dtb export --model "$trained" --output "$WORK/pruned-release" --fp16 || return 1
+    "${DTB[@]}" export --model "$trained" --output "$WORK/pruned-release" --fp16 || return 1
     ship "$WORK/pruned-release" "$WORK/pruned-out" "$run" "$WORK/pruned.log"
     stamp "pruned done"
 }

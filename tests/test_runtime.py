@@ -19,7 +19,6 @@ glibc_only = pytest.mark.skipif(
 # ten forward passes of a small BERT over 16 x 200 tokens; prints the minor page faults they cost
 FORWARD_PASSES = """
 import resource, sys, torch
-from dynamic_tinybert.precision import cpu_has_native_bf16
 from dynamic_tinybert.runtime import keep_freed_memory
 from dynamic_tinybert.model import BertConfig, BertForQuestionAnswering
 if sys.argv[1] == "keep":
