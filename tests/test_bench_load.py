@@ -88,10 +88,12 @@ def test_open_loop_sends_no_arrival_after_its_duration():
 
 def test_an_outcome_reads_the_servers_length_headers_and_the_best_of_top_k_answers():
     headers = {"X-Length-Config": "0.95,0.8,0.5+q", "X-MACs-Ratio": "0.68", "X-Queue-Ms": "3.5"}
+    headers["Server-Timing"] = "app;dur=12.5"
     transport = answering([ANSWER, {**ANSWER, "answer": "Paris"}], headers=headers)
     (outcome,) = asyncio.run(closed_loop(URL, REQUESTS, 1, 1, 30, 5, transport=transport))
     assert (outcome.status, outcome.answer) == (200, "Berlin")
     assert (outcome.length_config, outcome.macs_ratio, outcome.queue_ms) == ("0.95,0.8,0.5+q", 0.68, 3.5)
+    assert outcome.server_ms == 12.5 and summarise([outcome])["server_ms"]["p99"] == 12.5
 
 
 def test_a_request_without_an_answer_in_time_is_a_timeout_not_a_status():

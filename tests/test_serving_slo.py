@@ -22,7 +22,9 @@ from dynamic_tinybert import LengthConfig, QuestionAnswerer
 from dynamic_tinybert.cli.serve import listening_socket
 from dynamic_tinybert.frontier import BudgetError
 from dynamic_tinybert.serving import ServerSettings, create_app, load
+from dynamic_tinybert.serving.batcher import Batcher, DeadlineMissed
 from dynamic_tinybert.serving.load import TAIL_MAX, TAIL_PRIOR, TAIL_WINDOW, LoadAdaptiveBudget, Pending, WorkModel
+from dynamic_tinybert.serving.metrics import ServerMetrics
 
 PAIR = {"question": "where does alice live ?", "context": "carol lives in rome . alice lives in oslo ."}
 
@@ -163,6 +165,9 @@ def test_every_answer_says_what_ran_in_its_headers(qa):
     assert float(full.headers["X-Queue-Ms"]) >= 0
     cheap = client.post("/", json={"inputs": PAIR, "parameters": {"length_config": "0.5,0.3,0.2"}})
     assert cheap.headers["X-Length-Config"] == "0.5,0.3,0.2" and 0 < float(cheap.headers["X-MACs-Ratio"]) < 1
+    for response in (full, client.get("/health"), client.post("/", json={"inputs": []})):  # every response
+        name, took = response.headers["Server-Timing"].split(";dur=")
+        assert name == "app" and float(took) >= 0
 
 
 def test_past_the_cheapest_point_requests_are_shed_with_retry_after_and_pinned_ones_still_answered(qa):
@@ -297,3 +302,67 @@ def test_fuzzing_the_api_from_its_schema_never_gets_a_5xx_and_every_response_con
             if operation.method.upper() == "POST" or mode is GenerationMode.POSITIVE:
                 fuzz(operation, mode)
     assert calls[GenerationMode.POSITIVE] >= 50 and calls[GenerationMode.NEGATIVE] >= 50, calls
+
+
+def deadline_batcher(qa) -> Batcher:
+    """A batcher under an SLO whose predictions stay as the timed lines say, its batches taken by the test."""
+    work = WorkModel(qa.model.config, qa.frontier)
+    work.observe_batch = work.observe_decoding = lambda *args: None
+    budget = LoadAdaptiveBudget(qa.frontier, work, slo_ms=100.0)
+    batcher = Batcher(qa, work, ServerMetrics(), max_batch_tokens=4096, max_wait_ms=0, budget=budget)
+    batcher.start = lambda: None  # no batching thread: the test calls _take itself
+    return batcher
+
+
+def due_in(ms: float) -> float:
+    return time.monotonic() + ms / 1000.0
+
+
+def test_a_request_whose_turn_comes_late_runs_at_the_cheaper_point_its_time_left_allows(qa):
+    batcher = deadline_batcher(qa)
+    windows = qa.windows([PAIR["question"]], [PAIR["context"]])
+    lengths = [w.length for w in windows]
+    full, top = (sum(batcher.work.window_ms(n, p.length_config) for n in lengths) for p in (FULL, TOP))
+    factor = batcher.budget.dispatch_tail.factor
+    roomy = batcher.submit(windows, None, deadline=due_in(factor * full + 50))
+    assert [job for job, _ in batcher._take()] == [roomy] and roomy.length_config is None  # full length fits
+    late = batcher.submit(windows, None, deadline=due_in(factor * (full + top) / 2))  # full no longer fits
+    assert [job for job, _ in batcher._take()] == [late] and late.length_config == TOP.length_config
+    assert late.dispatch_ms == pytest.approx(top) and batcher.pending().queued_ms == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_request_no_point_can_answer_in_its_time_left_is_dropped_at_its_turn_and_the_next_one_runs(qa):
+    batcher = deadline_batcher(qa)
+    windows = qa.windows([PAIR["question"]], [PAIR["context"]])
+    hopeless = batcher.submit(windows, None, deadline=due_in(0.0))
+    pinned = batcher.submit(windows, MID.length_config)  # no deadline: a request that pinned its length
+    assert [job for job, _ in batcher._take()] == [pinned]
+    with pytest.raises(DeadlineMissed, match="cheapest point needs"):
+        hopeless.future.result(timeout=0)
+    assert batcher.pending().windows == 0 and batcher.pending().queued_ms == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_batch_stops_growing_where_it_would_make_a_request_in_it_late(qa):
+    batcher = deadline_batcher(qa)
+    windows = qa.windows([PAIR["question"]], [PAIR["context"]])
+    one = sum(batcher.work.window_ms(w.length, None) for w in windows)
+    tight = batcher.submit(windows, None, deadline=due_in(batcher.budget.dispatch_tail.factor * one * 1.5))
+    company = [batcher.submit(windows, None) for _ in range(3)]
+    assert [job for job, _ in batcher._take()] == [tight]  # a second window would make it late
+    assert [job for job, _ in batcher._take()] == company  # without a deadline among them, they share one batch
+
+
+def test_a_request_dropped_at_its_turn_is_a_503_counted_as_shed_for_its_deadline(qa, monkeypatch):
+    monkeypatch.setattr(LoadAdaptiveBudget, "rechoose", lambda self, lengths, current, left_ms: None)
+    client = TestClient(create_app(qa, settings=ServerSettings(slo_ms=10_000)))
+    response = client.post("/", json={"inputs": PAIR})
+    assert response.status_code == 503 and response.json()["type"] == "overloaded"
+    assert "was dropped" in response.json()["detail"] and response.headers["Retry-After"] == "1"
+    assert 'dtb_shed_total{reason="deadline"} 1.0' in client.get("/metrics").text
+
+
+def test_answers_under_the_slo_measure_both_decisions_tail_factors(qa):
+    client = TestClient(create_app(qa, settings=ServerSettings(slo_ms=10_000)))
+    assert client.post("/", json={"inputs": PAIR}).status_code == 200
+    text = client.get("/metrics").text
+    assert 'dtb_slo_tail_factor{decision="admission"}' in text and 'dtb_slo_tail_factor{decision="dispatch"}' in text

@@ -47,6 +47,7 @@ class Outcome:
     length_config: str | None = None  # the response headers X-Length-Config, X-MACs-Ratio, X-Queue-Ms
     macs_ratio: float | None = None
     queue_ms: float | None = None
+    server_ms: float | None = None  # the server's own time for it (Server-Timing), to tell its share of latency
 
 
 def body(question: str, context: str, parameters: dict | None = None) -> bytes:
@@ -94,6 +95,7 @@ async def send(
         length_config=headers.get("x-length-config"),
         macs_ratio=number(headers.get("x-macs-ratio")),
         queue_ms=number(headers.get("x-queue-ms")),
+        server_ms=server_timing(headers.get("server-timing")),
     )
 
 
@@ -110,6 +112,12 @@ def best_answer(content: bytes) -> str | None:
     if isinstance(answer, list):
         answer = answer[0] if answer else None
     return answer.get("answer") if isinstance(answer, dict) else None
+
+
+def server_timing(text: str | None) -> float | None:
+    """The `dur` of a `Server-Timing: app;dur=12.3` header, in ms."""
+    duration = (text or "").partition("dur=")[2].split(",")[0].split(";")[0]
+    return number(duration) if duration else None
 
 
 def number(text: str | None) -> float | None:
@@ -221,6 +229,7 @@ def summarise(outcomes: Sequence[Outcome]) -> dict:
     )
     macs = [o.macs_ratio for o in ok if o.macs_ratio is not None]
     queue = [o.queue_ms for o in ok if o.queue_ms is not None]
+    server = [o.server_ms for o in ok if o.server_ms is not None]
     return {
         "requests": len(outcomes),
         "ok": len(ok),
@@ -238,4 +247,5 @@ def summarise(outcomes: Sequence[Outcome]) -> dict:
         "macs_ratio_mean": round(float(np.mean(macs)), 4) if macs else None,
         "macs_ratios": {f"{r:.3f}": n for r, n in sorted(Counter(round(m, 3) for m in macs).items())},
         "queue_ms": percentiles(queue),
+        "server_ms": percentiles(server),
     }

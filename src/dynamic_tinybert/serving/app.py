@@ -36,7 +36,7 @@ from ..length_config import LengthConfig, is_full_length
 from ..options import LENGTH_CHOICES, AnswerOptions
 from ..pipeline import QuestionAnswerer, tokens_per_question
 from ..retrieval import Retriever, as_documents, placed
-from .batcher import Batcher, Job
+from .batcher import Batcher, DeadlineMissed, Job
 from .load import Admission, LoadAdaptiveBudget, WorkModel
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .schema import (
@@ -90,8 +90,9 @@ def create_app(
     work = WorkModel(qa.model.config, qa.frontier)
     adaptive = None if settings.slo_ms is None else LoadAdaptiveBudget(qa.frontier, work, settings.slo_ms)
     if adaptive is not None:
-        metrics.tail_factor.set(adaptive.tail.factor)
-    batcher = Batcher(qa, work, metrics, settings.max_batch_tokens, settings.max_wait_ms)
+        metrics.tail_factor.labels("admission").set(adaptive.tail.factor)
+        metrics.tail_factor.labels("dispatch").set(adaptive.dispatch_tail.factor)
+    batcher = Batcher(qa, work, metrics, settings.max_batch_tokens, settings.max_wait_ms, adaptive)
     workers = anyio.CapacityLimiter(settings.cpu_workers)
     ready = anyio.Event()
     admitted = 0
@@ -202,6 +203,22 @@ def create_app(
             )
         return admission.point.length_config, admission
 
+    def deadline(started: float) -> float:
+        """When a request that arrived at `started` (perf_counter) must be answered, on the batcher's clock."""
+        return time.monotonic() + settings.slo_ms / 1000.0 - (time.perf_counter() - started)
+
+    def shed_late(e: DeadlineMissed, admission: Admission | None, started: float) -> ServiceError:
+        """The 503 for a request the batcher dropped at its turn; its admission learns how late it would have been."""
+        metrics.shed.labels("deadline").inc()
+        if admission is not None:
+            adaptive.observe(admission, 1000.0 * (time.perf_counter() - started) + e.needed_ms)
+        return ServiceError(
+            503,
+            f"overloaded: this request {e} to answer within the {settings.slo_ms:g} ms SLO, so it was dropped; "
+            "retry in 1 s",
+            {"Retry-After": "1"},
+        )
+
     async def wait_for(job: Job, request: Request) -> tuple[list, list]:
         """The job's logits; its queued work is dropped if the client leaves or the time limit cancels us."""
         future = asyncio.wrap_future(job.future)
@@ -233,7 +250,7 @@ def create_app(
             )
         admitted += 1
         metrics.in_flight.inc()
-        started = time.perf_counter()
+        started = getattr(request.state, "arrived", None) or time.perf_counter()  # RequestGuard's clock
         queue_ms = 0.0
         try:
             with anyio.fail_after(settings.request_timeout_s):
@@ -247,10 +264,14 @@ def create_app(
                 elapsed_ms = 1000.0 * (time.perf_counter() - started)
                 length_config, admission = choose_length(opts, windows, questions, pinned, elapsed_ms)
                 logits: tuple[list, list] = ([], [])
+                job = None
                 if windows:
-                    job = batcher.submit(windows, length_config)
-                    logits = await wait_for(job, request)
-                    queue_ms = job.queue_ms or 0.0
+                    job = batcher.submit(windows, length_config, deadline(started) if admission is not None else None)
+                    try:
+                        logits = await wait_for(job, request)
+                    except DeadlineMissed as e:
+                        raise shed_late(e, admission, started) from None
+                    length_config, queue_ms = job.length_config, job.queue_ms or 0.0  # the batcher may go cheaper
                 decoding = time.perf_counter()
                 result = await anyio.to_thread.run_sync(finish, state, *logits, length_config, limiter=workers)
         except TimeoutError:
@@ -267,7 +288,10 @@ def create_app(
         work.observe_decoding(1000.0 * (answered - decoding))
         if admission is not None:
             adaptive.observe(admission, 1000.0 * (answered - started))
-            metrics.tail_factor.set(adaptive.tail.factor)
+            metrics.tail_factor.labels("admission").set(adaptive.tail.factor)
+            if job is not None and job.dispatch_ms is not None and job.started is not None:
+                adaptive.dispatch_tail.observe(job.dispatch_ms, 1000.0 * (time.monotonic() - job.started))
+                metrics.tail_factor.labels("dispatch").set(adaptive.dispatch_tail.factor)
         ratio = work.macs_ratio([w.length for w in windows], length_config) if windows else 1.0
         metrics.macs_ratio.observe(ratio)
         response.headers["X-Length-Config"] = "full" if is_full_length(length_config) else str(length_config)
@@ -461,6 +485,7 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        scope.setdefault("state", {})["arrived"] = started  # a request's clock starts here, before its body is read
         route = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
         status = 500
 
@@ -468,6 +493,8 @@ class RequestGuard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                took = f"app;dur={1000.0 * (time.perf_counter() - started):.1f}"
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", took.encode())]}
             await send(message)
 
         try:

@@ -7,7 +7,9 @@ Only windows under one length configuration share a batch (the oldest job's conf
 and jobs take turns, one window each per round, so a request with hundreds of windows shares the model
 with the small ones queued beside it instead of holding it until it is done. Padding never displaces a
 token (`LengthConfig.keep_counts` counts each window's own tokens), so a window's logits are those it
-would get alone, up to float rounding.
+would get alone, up to float rounding. Under `--slo-ms` a job carries a deadline, and its turn is the last
+moment to keep it: a job that can no longer make it at its point runs at a cheaper one or is dropped
+(`DeadlineMissed`), and a batch grows only while every job in it still makes its deadline.
 """
 
 from __future__ import annotations
@@ -24,11 +26,20 @@ from ..features import Window
 from ..length_config import LengthConfig
 from ..pipeline import QuestionAnswerer
 from ..runtime import TRIM_INTERVAL_S, trim_heap
-from .load import Pending, WorkModel, batch_class_floor
+from .load import LoadAdaptiveBudget, Pending, WorkModel, batch_class_floor, cost_key
 from .metrics import ServerMetrics
 
 # What one forward pass costs beyond its tokens, in tokens' worth: Python and kernel launches per layer.
 FORWARD_OVERHEAD_TOKENS = 64
+
+
+class DeadlineMissed(Exception):
+    """A request's turn came too late for any frontier point to answer it within the SLO; it was dropped."""
+
+    def __init__(self, waited_ms: float, needed_ms: float) -> None:
+        super().__init__(f"waited {waited_ms:.0f} ms for the model, and its cheapest point needs {needed_ms:.0f} ms")
+        self.waited_ms = waited_ms
+        self.needed_ms = needed_ms  # predicted, at the cheapest point, from its turn to its answer
 
 
 @dataclass(eq=False)
@@ -40,7 +51,9 @@ class Job:
     window_ms: list[float]  # predicted, uncorrected, per window
     future: Future = field(default_factory=Future)  # -> (start logits, end logits), one array per window
     submitted: float = field(default_factory=time.monotonic)
+    deadline: float | None = None  # time.monotonic() by which its answer is due (--slo-ms)
     started: float | None = None  # when its first window entered the model
+    dispatch_ms: float | None = None  # predicted then, its batch and decoding: for one that entered in one batch
     scheduled: int = 0  # windows taken into a batch so far
     done: int = 0
     start_logits: list[np.ndarray | None] = field(default_factory=list)
@@ -65,9 +78,11 @@ class Batcher:
         metrics: ServerMetrics,
         max_batch_tokens: int,
         max_wait_ms: float,
+        budget: LoadAdaptiveBudget | None = None,
     ) -> None:
         self.qa = qa
         self.work = work
+        self.budget = budget  # with --slo-ms: a job with a deadline is checked against it when its turn comes
         self.metrics = metrics
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
@@ -101,11 +116,14 @@ class Batcher:
             self._jobs.clear()
             self._queued_ms = 0.0
 
-    def submit(self, windows: list[Window], length_config: LengthConfig | None) -> Job:
-        """Queue a request's windows; its `future` gives their logits in the order given."""
+    def submit(self, windows: list[Window], length_config: LengthConfig | None, deadline: float | None = None) -> Job:
+        """Queue a request's windows; its `future` gives their logits in the order given. With a `deadline`
+        (and the server's budget), the job may run at a cheaper point than `length_config`, or be dropped
+        with `DeadlineMissed`, when its turn comes."""
         if not windows:
             raise ValueError("a job needs at least one window")
         job = Job(windows, length_config, [self.work.window_ms(w.length, length_config) for w in windows])
+        job.deadline = deadline
         self.start()
         with self._wake:
             self._jobs.append(job)
@@ -186,8 +204,10 @@ class Batcher:
         return sum(w.length for job in self._jobs if job.length_config == config for w in job.windows[job.scheduled :])
 
     def _take(self) -> list[tuple[Job, int]]:
-        """The next batch: windows of the oldest job's configuration, jobs in turn, within the token budget."""
-        while self._jobs and self._jobs[0].future.cancelled():
+        """The next batch: windows of the oldest job's configuration, jobs in turn, within the token budget
+        and, under an SLO, within the time left to every job in it."""
+        now = time.monotonic()
+        while self._jobs and (self._jobs[0].future.cancelled() or not self._in_time(self._jobs[0], now)):
             self._forget_unscheduled(self._jobs.popleft())
         if not self._jobs:
             return []
@@ -199,18 +219,55 @@ class Batcher:
             batch = take_in_turns(
                 [j for j in self._jobs if j.length_config == config and not j.future.cancelled()], self.max_batch_tokens
             )
-        now = time.monotonic()
+        if self.budget is not None:
+            batch = self._within_deadlines(batch, now)
+        uncorrected_ms = sum(job.window_ms[i] for job, i in batch)
         for job, i in batch:
             job.scheduled = max(job.scheduled, i + 1)
             self._queued_ms -= job.window_ms[i]
             if job.started is None:
                 job.started = now
                 self.metrics.queue_wait.observe(now - job.submitted)
+                if self.budget is not None and job.scheduled == len(job.windows):  # all of it in this batch
+                    job.dispatch_ms = self.budget.batch_ms(len(batch), uncorrected_ms)
         self.metrics.queue_windows.dec(len(batch))
         for job in {job for job, _ in batch}:
             if job.scheduled == len(job.windows) and job in self._jobs:
                 self._jobs.remove(job)
         return batch
+
+    def _in_time(self, job: Job, now: float) -> bool:
+        """Whether a job whose turn has come can still meet its deadline: at its point, or at a cheaper one it
+        is moved to; if at none, it is dropped (`DeadlineMissed`) and False."""
+        if self.budget is None or job.deadline is None or job.started is not None:
+            return True
+        lengths = [w.length for w in job.windows]
+        point = self.budget.rechoose(lengths, job.length_config, 1000.0 * (job.deadline - now))
+        if point is None:
+            cheapest = self.budget.points[-1].length_config
+            needed_ms = self.budget.batch_ms(len(lengths), sum(self.work.window_ms(n, cheapest) for n in lengths))
+            job.future.set_exception(DeadlineMissed(1000.0 * (now - job.submitted), needed_ms))
+            return False
+        if cost_key(point.length_config) != cost_key(job.length_config):
+            self._queued_ms -= sum(job.window_ms)
+            job.length_config = point.length_config
+            job.window_ms = [self.work.window_ms(n, job.length_config) for n in lengths]
+            self._queued_ms += sum(job.window_ms)
+        return True
+
+    def _within_deadlines(self, batch: list[tuple[Job, int]], now: float) -> list[tuple[Job, int]]:
+        """The longest first part of `batch` (at least one window) that answers every job in it with a deadline
+        in time: later windows wait for the next batch rather than make the batch too slow for its jobs."""
+        budget = self.budget
+        assert budget is not None
+        uncorrected_ms, tightest_ms, fitting = 0.0, float("inf"), 1
+        for k, (job, i) in enumerate(batch, start=1):
+            uncorrected_ms += job.window_ms[i]
+            if job.deadline is not None:
+                tightest_ms = min(tightest_ms, 1000.0 * (job.deadline - now))
+            if budget.fits(k, uncorrected_ms, tightest_ms):
+                fitting = k
+        return batch[:fitting]
 
     def _logits_in_groups(self, windows: list[Window], config: LengthConfig | None) -> tuple[list, list]:
         """Logits of a batch run as `length_groups` passes: windows of very different lengths are padded

@@ -47,7 +47,7 @@ class WorkModel:
         self._config = config
         points = [] if frontier is None else [*frontier.points, frontier.full]
         self._lines: dict[LengthConfig | None, Latency] = {
-            _key(p.length_config): p.latency for p in points if p.latency is not None
+            cost_key(p.length_config): p.latency for p in points if p.latency is not None
         }
         self._full = self._lines.get(None)
         # bounded: requests may pin any length config, so the (config, window length) pairs seen are unbounded
@@ -61,7 +61,7 @@ class WorkModel:
 
         A configuration off the frontier costs the full model's line scaled by its MACs at that length.
         """
-        key = _key(length_config)
+        key = cost_key(length_config)
         line = self._lines.get(key)
         if line is not None:
             return line.at(length)
@@ -70,7 +70,7 @@ class WorkModel:
 
     def macs_ratio(self, lengths: Sequence[int], length_config: LengthConfig | None) -> float:
         """MACs of these windows under the configuration, as a share of the full model's on the same windows."""
-        key = _key(length_config)
+        key = cost_key(length_config)
         if key is None:
             return 1.0
         full = [macs(self._config, n) for n in lengths]
@@ -153,7 +153,14 @@ class Admission:
 
 
 class LoadAdaptiveBudget:
-    """`dtb serve --slo-ms`: the most accurate frontier point a request can run at and still meet the SLO."""
+    """`dtb serve --slo-ms`: the most accurate frontier point a request can run at and still meet the SLO.
+
+    It decides twice. At admission, from the predicted queue ahead (`choose`); and when the request's turn
+    in the model comes (`rechoose`, `fits`), from the time it has actually left: the queue may have run
+    slower than predicted, and a request that can no longer make its deadline at its point runs at a cheaper
+    one, or is shed then (503) rather than answered late. Each decision has its own tail factor, measured
+    against what followed it: the admission's covers the queue, the dispatch's only the batch and decoding.
+    """
 
     def __init__(self, frontier: Frontier | None, work: WorkModel, slo_ms: float) -> None:
         if frontier is None:
@@ -163,6 +170,7 @@ class LoadAdaptiveBudget:
         self.work = work
         self.slo_ms = slo_ms
         self.tail = LatencyTail()
+        self.dispatch_tail = LatencyTail()
 
     def choose(self, lengths: Sequence[int], pending: Pending, elapsed_ms: float = 0.0) -> Admission | None:
         """The first point, most accurate first, at which a request that has taken `elapsed_ms` so far is
@@ -184,13 +192,32 @@ class LoadAdaptiveBudget:
         """A request admitted under the SLO took `total_ms` in all."""
         self.tail.observe(admission.predicted_ms, total_ms - admission.elapsed_ms)
 
+    def batch_ms(self, windows: int, uncorrected_ms: float) -> float:
+        """Predicted ms from a batch's start to its requests' answers: the batch, corrected, and decoding."""
+        return self.work.correction(windows) * uncorrected_ms + self.work.decode_ms
+
+    def fits(self, windows: int, uncorrected_ms: float, left_ms: float) -> bool:
+        """Whether a batch starting now answers a request with `left_ms` to its deadline in time."""
+        return self.batch_ms(windows, uncorrected_ms) * self.dispatch_tail.factor <= left_ms
+
+    def rechoose(self, lengths: Sequence[int], current: LengthConfig | None, left_ms: float) -> Point | None:
+        """At a request's turn: the most accurate point, no more accurate than `current`, at which its windows
+        alone meet its deadline `left_ms` away; None: none does (shed it)."""
+        keys = [cost_key(p.length_config) for p in self.points]
+        first = keys.index(cost_key(current)) if cost_key(current) in keys else 0
+        for point in self.points[first:]:
+            own = sum(self.work.window_ms(n, point.length_config) for n in lengths)
+            if self.fits(len(lengths), own, left_ms):
+                return point
+        return None
+
     @staticmethod
     def retry_after_s(ahead_ms: float) -> int:
         """Whole seconds until the work queued now is predicted done: what a shed request is told to wait."""
         return max(1, math.ceil(ahead_ms / 1000.0))
 
 
-def _key(length_config: LengthConfig | None) -> LengthConfig | None:
+def cost_key(length_config: LengthConfig | None) -> LengthConfig | None:
     """Full length has many spellings (None, all ratios 1.0, with or without +q); they cost the same."""
     return None if is_full_length(length_config) else length_config
 

@@ -65,7 +65,9 @@ class ServerMetrics:
         )
         self.tail_factor = Gauge(
             "dtb_slo_tail_factor",
-            "the 99th percentile of recent requests' time over their predicted time (--slo-ms scales by it)",
+            "the 99th percentile of recent requests' time over their predicted time (--slo-ms scales by it), "
+            "by the decision predicted: admission (the queue ahead) or dispatch (from the request's turn)",
+            ["decision"],
             registry=r,
         )
 
