@@ -11,7 +11,8 @@ Real SQuAD dev questions, sent from one asyncio process (httpx2) to `dtb serve` 
    over and over (the others' p99 against without it); then open-loop Poisson arrivals at `--rate` (default
    `--rate-fraction` of its throughput in 2.), the fixed full-length reference;
 3. the batched server with `--slo-ms`: the same arrivals and requests; p99 of what it served against the SLO
-   (as the client timed it, and as the server did: its `Server-Timing` header), how many it shed (503), the
+   (as the server timed it, its `Server-Timing` header, which is what `--slo-ms` holds; and as the client
+   did, which adds loopback and this process's own delays on the same cores), how many it shed (503), the
    MACs and length configs it chose, and the F1 of its answers against the full
    length server's on the same requests.
 
@@ -192,6 +193,7 @@ def verdicts(phases: dict[str, Phase], servers: list[dict], slo_ms: float, args,
     throughput = ratio(batched["throughput_rps"], one["throughput_rps"])
     slo, fixed = phases["SLO, open loop"], phases["full length, open loop"]
     slo_p99, fixed_p99 = slo.summary["latency_ms"]["p99"], fixed.summary["latency_ms"]["p99"]
+    slo_server_p99 = slo.summary["server_ms"]["p99"]
     served_slo = {o.index: o for o in slo.outcomes if o.status == 200}
     same = [o for o in fixed.outcomes if o.status == 200 and o.index in served_slo]
     hol = phases["batched + maximal request"]
@@ -213,7 +215,7 @@ def verdicts(phases: dict[str, Phase], servers: list[dict], slo_ms: float, args,
             "slo_ms": round(slo_ms, 1),
             "rate_rps": round(args.rate, 2),
             "p99_served_ms": slo_p99,
-            "p99_server_ms": slo.summary["server_ms"]["p99"],
+            "p99_server_ms": slo_server_p99,
             "shed_503": slo.summary["shed_503"],
             "fixed_p99_ms": fixed_p99,
             "fixed_p99_over_slo": ratio(fixed_p99, slo_ms),
@@ -221,7 +223,8 @@ def verdicts(phases: dict[str, Phase], servers: list[dict], slo_ms: float, args,
             "same_requests": len(same),
             "f1_served_same_requests": f1_served([served_slo[o.index] for o in same], gold),
             "f1_full_length_same_requests": f1_served(same, gold),
-            "pass": None if slo_p99 is None else slo_p99 <= slo_ms,
+            # what --slo-ms holds is the server's time (Server-Timing); the client's adds this process's own delays
+            "pass": None if slo_server_p99 is None else slo_server_p99 <= slo_ms,
         },
         "head_of_line": {
             "p99_with_ms": hol.summary["latency_ms"]["p99"],
@@ -345,9 +348,10 @@ def markdown(result: dict) -> str:
         f"server's {cell(t['one_at_a_time_rps'])} (>= {THROUGHPUT_RATIO:g}x), {t['batched_5xx']} 5xx, "
         f"{t['batched_no_response']} without an answer: "
         f"**{passed(t['pass'])}**",
-        f"- SLO {slo['slo_ms']} ms at {slo['rate_rps']} requests/s (Poisson): p99 served {cell(slo['p99_served_ms'])} "
-        f"ms at the client, {cell(slo['p99_server_ms'])} ms in the server (its Server-Timing), {slo['shed_503']} "
-        f"shed (503): **{passed(slo['pass'])}**. The fixed full-length server's p99 at that "
+        f"- SLO {slo['slo_ms']} ms at {slo['rate_rps']} requests/s (Poisson): p99 served {cell(slo['p99_server_ms'])} "
+        f"ms in the server (its Server-Timing, what --slo-ms holds), {cell(slo['p99_served_ms'])} ms at the client "
+        f"(with the load generator's own delays on the same machine), {slo['shed_503']} shed (503): "
+        f"**{passed(slo['pass'])}**. The fixed full-length server's p99 at that "
         f"load: {cell(slo['fixed_p99_ms'])} ms, {cell(slo['fixed_p99_over_slo'])}x the SLO "
         f"(> {FIXED_OVER_SLO:g}x: {passed(slo['load_shows_it'])}; otherwise raise --rate). F1 on the "
         f"{slo['same_requests']} requests both answered: {cell(slo['f1_served_same_requests'])} served under the SLO "

@@ -46,8 +46,8 @@ def chosen_configs(budget: LoadAdaptiveBudget, queued_ms: list[float]) -> list:
 
 
 def slo_with_room(room_ms: float) -> float:
-    """The SLO that leaves `room_ms` for predictions at the tail factor's prior."""
-    return room_ms * TAIL_PRIOR
+    """The SLO that leaves `room_ms` for predictions beside the tail's prior."""
+    return room_ms / (1 - TAIL_PRIOR)
 
 
 def test_an_idle_server_answers_at_full_length_and_a_busier_one_at_cheaper_points(qa):
@@ -60,45 +60,52 @@ def test_an_idle_server_answers_at_full_length_and_a_busier_one_at_cheaper_point
     ]
 
 
-def observe_ratios(budget: LoadAdaptiveBudget, ratio) -> None:
-    """A window of requests admitted idle, the i-th taking `ratio(i)` times its predicted time."""
+def observe_excess(budget: LoadAdaptiveBudget, excess_ms) -> None:
+    """A window of requests admitted idle, the i-th taking `excess_ms(i)` longer than predicted."""
     for i in range(TAIL_WINDOW):
         admission = budget.choose([20], Pending(0.0, windows=0, running_ms=0.0))
-        budget.observe(admission, admission.elapsed_ms + admission.predicted_ms * ratio(i))
+        budget.observe(admission, admission.elapsed_ms + admission.predicted_ms + excess_ms(i))
 
 
-def test_requests_slower_than_predicted_raise_the_tail_factor_and_the_choice_gets_cheaper(qa):
+def test_requests_slower_than_predicted_raise_the_tail_and_the_choice_gets_cheaper(qa):
     budget = budget_for(qa, slo_ms=12.5)
-    observe_ratios(budget, lambda i: 2.0 if i % 10 == 0 else 1.1)  # one in ten twice as long
-    assert budget.tail.factor == pytest.approx(2.0)  # the 99th percentile, not the mean
-    # predictions must now fit 12.5 / 2 = 6.25 ms: behind 5 ms of work only the cheapest point's 1 ms does
-    assert chosen_configs(budget, [0.0, 5.0, 5.5]) == [FULL.length_config, TIMED.points[0].length_config, None]
+    observe_excess(budget, lambda i: 5.0 if i % 10 == 0 else 0.5)  # one in ten 5 ms late
+    assert budget.tail.ms == pytest.approx(5.0)  # the 99th percentile, not the mean
+    # predictions must now fit 12.5 - 5 = 7.5 ms: behind 5 ms of work only the cheapest point's 1 ms does
+    assert chosen_configs(budget, [0.0, 5.0, 7.0]) == [FULL.length_config, TIMED.points[0].length_config, None]
 
 
-def test_the_tail_factor_falls_back_when_requests_run_faster_than_predicted(qa):
+def test_the_tail_is_added_so_cheap_points_are_not_charged_a_multiple_of_what_predictions_leave_out(qa):
     budget = budget_for(qa, slo_ms=12.5)
-    observe_ratios(budget, lambda i: 2.0)  # a slow spell, then a window of requests at half their predicted time
-    observe_ratios(budget, lambda i: 0.5)
-    assert budget.tail.factor == pytest.approx(0.5)
-    # predictions may now fill 12.5 / 0.5 = 25 ms: full length behind 9.5 ms, the cheapest point behind 23.5
-    assert chosen_configs(budget, [9.5, 23.5]) == [FULL.length_config, TIMED.points[0].length_config]
+    observe_excess(budget, lambda i: 3.0)  # the cheapest point's 1 ms taking 4 would be a factor of 4
+    assert budget.tail.ms == pytest.approx(3.0)
+    assert chosen_configs(budget, [0.0, 6.0]) == [FULL.length_config, TOP.length_config]  # 4 + 3; 6 + 3 + 3
 
 
-def test_the_tail_factor_stops_at_its_maximum_so_an_idle_server_still_answers(qa):
+def test_the_tail_falls_back_when_requests_run_faster_than_predicted(qa):
     budget = budget_for(qa, slo_ms=12.5)
-    observe_ratios(budget, lambda i: 50.0)  # stalls that no choice of point avoids
-    assert budget.tail.factor == TAIL_MAX
-    assert chosen_configs(budget, [0.0]) == [FULL.length_config]  # 4 ms times 3 fits 12.5
+    observe_excess(budget, lambda i: 5.0)  # a slow spell, then a window of requests faster than predicted
+    observe_excess(budget, lambda i: -1.0)
+    assert budget.tail.ms == 0.0  # never below 0
+    # predictions may now fill the whole 12.5 ms: full length behind 8.5 ms, the cheapest point behind 11.5
+    assert chosen_configs(budget, [8.5, 11.5]) == [FULL.length_config, TIMED.points[0].length_config]
 
 
-def test_the_time_a_request_has_taken_counts_as_it_is_and_only_what_follows_is_scaled_by_the_tail(qa):
+def test_the_tail_stops_at_its_maximum_so_an_idle_server_still_answers(qa):
     budget = budget_for(qa, slo_ms=12.5)
-    # 8 of the 12.5 ms gone tokenising: 4.5 left, at the prior of 1.25 room for 3.6 ms of predicted work
-    admission = budget.choose([20], Pending(0.0, windows=0, running_ms=0.0), elapsed_ms=8.0)
+    observe_excess(budget, lambda i: 50.0)  # stalls that no choice of point avoids
+    assert budget.tail.ms == TAIL_MAX * 12.5
+    assert chosen_configs(budget, [0.0]) == [FULL.length_config]  # 4 ms + 6.25 fits 12.5
+
+
+def test_the_time_a_request_has_taken_counts_as_it_is_and_the_tail_is_of_what_follows(qa):
+    budget = budget_for(qa, slo_ms=12.5)
+    # 6.8 of the 12.5 ms gone tokenising: 5.7 left, less the prior's 2.5, room for 3.2 ms of predicted work
+    admission = budget.choose([20], Pending(0.0, windows=0, running_ms=0.0), elapsed_ms=6.8)
     assert admission.point.length_config == TOP.length_config  # 3 ms; the full model's 4 would not fit
     for _ in range(TAIL_WINDOW):
-        budget.observe(admission, total_ms=8.0 + 2 * admission.predicted_ms)
-    assert budget.tail.factor == pytest.approx(2.0)  # of the time predicted at admission, not of the total
+        budget.observe(admission, total_ms=6.8 + admission.predicted_ms + 2.0)
+    assert budget.tail.ms == pytest.approx(2.0)  # beyond the time predicted at admission, not the total
 
 
 def test_the_prior_holds_until_enough_requests_are_measured(qa):
@@ -106,7 +113,7 @@ def test_the_prior_holds_until_enough_requests_are_measured(qa):
     admission = budget.choose([20], Pending(0.0, windows=0, running_ms=0.0))
     for _ in range(10):
         budget.observe(admission, admission.predicted_ms * 3)
-    assert budget.tail.factor == TAIL_PRIOR
+    assert budget.tail.ms == TAIL_PRIOR * 100.0
 
 
 def test_the_prediction_follows_what_batches_of_each_size_measure(qa):
@@ -323,10 +330,10 @@ def test_a_request_whose_turn_comes_late_runs_at_the_cheaper_point_its_time_left
     windows = qa.windows([PAIR["question"]], [PAIR["context"]])
     lengths = [w.length for w in windows]
     full, top = (sum(batcher.work.window_ms(n, p.length_config) for n in lengths) for p in (FULL, TOP))
-    factor = batcher.budget.dispatch_tail.factor
-    roomy = batcher.submit(windows, None, deadline=due_in(factor * full + 50))
+    tail = batcher.budget.dispatch_tail.ms
+    roomy = batcher.submit(windows, None, deadline=due_in(full + tail + 50))
     assert [job for job, _ in batcher._take()] == [roomy] and roomy.length_config is None  # full length fits
-    late = batcher.submit(windows, None, deadline=due_in(factor * (full + top) / 2))  # full no longer fits
+    late = batcher.submit(windows, None, deadline=due_in((full + top) / 2 + tail))  # full no longer fits
     assert [job for job, _ in batcher._take()] == [late] and late.length_config == TOP.length_config
     assert late.dispatch_ms == pytest.approx(top) and batcher.pending().queued_ms == pytest.approx(0.0, abs=1e-9)
 
@@ -346,7 +353,7 @@ def test_a_batch_stops_growing_where_it_would_make_a_request_in_it_late(qa):
     batcher = deadline_batcher(qa)
     windows = qa.windows([PAIR["question"]], [PAIR["context"]])
     one = sum(batcher.work.window_ms(w.length, None) for w in windows)
-    tight = batcher.submit(windows, None, deadline=due_in(batcher.budget.dispatch_tail.factor * one * 1.5))
+    tight = batcher.submit(windows, None, deadline=due_in(one * 1.5 + batcher.budget.dispatch_tail.ms))
     company = [batcher.submit(windows, None) for _ in range(3)]
     assert [job for job, _ in batcher._take()] == [tight]  # a second window would make it late
     assert [job for job, _ in batcher._take()] == company  # without a deadline among them, they share one batch
@@ -361,8 +368,15 @@ def test_a_request_dropped_at_its_turn_is_a_503_counted_as_shed_for_its_deadline
     assert 'dtb_shed_total{reason="deadline"} 1.0' in client.get("/metrics").text
 
 
-def test_answers_under_the_slo_measure_both_decisions_tail_factors(qa):
+def test_the_slo_learns_from_each_answer_the_time_its_server_timing_reports(qa, monkeypatch):
+    taken: list[float] = []
+    observe = LoadAdaptiveBudget.observe
+    monkeypatch.setattr(
+        LoadAdaptiveBudget, "observe", lambda self, admission, ms: (taken.append(ms), observe(self, admission, ms))
+    )
     client = TestClient(create_app(qa, settings=ServerSettings(slo_ms=10_000)))
-    assert client.post("/", json={"inputs": PAIR}).status_code == 200
+    response = client.post("/", json={"inputs": PAIR})
+    assert response.status_code == 200 and len(taken) == 1
+    assert float(response.headers["Server-Timing"].split("dur=")[1]) == pytest.approx(taken[0], abs=0.051)
     text = client.get("/metrics").text
-    assert 'dtb_slo_tail_factor{decision="admission"}' in text and 'dtb_slo_tail_factor{decision="dispatch"}' in text
+    assert 'dtb_slo_tail_ms{decision="admission"}' in text and 'dtb_slo_tail_ms{decision="dispatch"}' in text

@@ -90,8 +90,8 @@ def create_app(
     work = WorkModel(qa.model.config, qa.frontier)
     adaptive = None if settings.slo_ms is None else LoadAdaptiveBudget(qa.frontier, work, settings.slo_ms)
     if adaptive is not None:
-        metrics.tail_factor.labels("admission").set(adaptive.tail.factor)
-        metrics.tail_factor.labels("dispatch").set(adaptive.dispatch_tail.factor)
+        metrics.tail_ms.labels("admission").set(adaptive.tail.ms)
+        metrics.tail_ms.labels("dispatch").set(adaptive.dispatch_tail.ms)
     batcher = Batcher(qa, work, metrics, settings.max_batch_tokens, settings.max_wait_ms, adaptive)
     workers = anyio.CapacityLimiter(settings.cpu_workers)
     ready = anyio.Event()
@@ -203,6 +203,15 @@ def create_app(
             )
         return admission.point.length_config, admission
 
+    def observe_slo(admission: Admission, job: Job | None, took_ms: float) -> None:
+        """Both decisions' tails learn how long a request answered under the SLO took: `took_ms` in all,
+        from its arrival to its response (what a client sees, less the network)."""
+        adaptive.observe(admission, took_ms)
+        metrics.tail_ms.labels("admission").set(adaptive.tail.ms)
+        if job is not None and job.dispatch_ms is not None and job.started is not None:
+            adaptive.dispatch_tail.observe(job.dispatch_ms, 1000.0 * (time.monotonic() - job.started))
+            metrics.tail_ms.labels("dispatch").set(adaptive.dispatch_tail.ms)
+
     def deadline(started: float) -> float:
         """When a request that arrived at `started` (perf_counter) must be answered, on the batcher's clock."""
         return time.monotonic() + settings.slo_ms / 1000.0 - (time.perf_counter() - started)
@@ -284,14 +293,9 @@ def create_app(
         finally:
             admitted -= 1
             metrics.in_flight.dec()
-        answered = time.perf_counter()
-        work.observe_decoding(1000.0 * (answered - decoding))
-        if admission is not None:
-            adaptive.observe(admission, 1000.0 * (answered - started))
-            metrics.tail_factor.labels("admission").set(adaptive.tail.factor)
-            if job is not None and job.dispatch_ms is not None and job.started is not None:
-                adaptive.dispatch_tail.observe(job.dispatch_ms, 1000.0 * (time.monotonic() - job.started))
-                metrics.tail_factor.labels("dispatch").set(adaptive.dispatch_tail.factor)
+        work.observe_decoding(1000.0 * (time.perf_counter() - decoding))
+        if admission is not None:  # measured when its response starts, as Server-Timing says (RequestGuard)
+            request.state.on_response = lambda took_ms: observe_slo(admission, job, took_ms)
         ratio = work.macs_ratio([w.length for w in windows], length_config) if windows else 1.0
         metrics.macs_ratio.observe(ratio)
         response.headers["X-Length-Config"] = "full" if is_full_length(length_config) else str(length_config)
@@ -493,8 +497,12 @@ class RequestGuard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                took = f"app;dur={1000.0 * (time.perf_counter() - started):.1f}"
-                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", took.encode())]}
+                took_ms = 1000.0 * (time.perf_counter() - started)
+                on_response = scope["state"].get("on_response")  # the app's, to learn what the request took
+                if on_response is not None:
+                    on_response(took_ms)
+                timing = f"app;dur={took_ms:.1f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", timing)]}
             await send(message)
 
         try:

@@ -9,7 +9,7 @@ predicted ms, a moving average; classes 1, 2-3, 4-7, 8-15, 16-31 and 32+ windows
 predicted at the factor of the batch it will run in, and every request updates the time its answer takes to
 decode once its logits are back. The time a request spent before it is admitted (tokenising, waiting for a
 worker) is known then, and counted as it is. The predictions are means and an SLO is for the tail, so the
-chooser scales each by `LatencyTail`, the 99th percentile of how much longer than predicted recent requests
+chooser adds `LatencyTail` to each, the 99th percentile of how much longer than predicted recent requests
 took.
 """
 
@@ -31,10 +31,10 @@ from ..model import BertConfig
 
 SMOOTHING = 0.2  # weight of the newest measurement in the moving averages
 TAIL_QUANTILE = 0.99  # the share of requests the SLO is to hold for
-TAIL_WINDOW = 300  # recent requests the tail factor is taken over
-TAIL_MIN_REQUESTS = 50  # requests measured before the tail factor replaces its prior
-TAIL_PRIOR = 1.25  # the tail factor until then: a prediction may fill 80% of the SLO
-TAIL_MAX = 3.0  # the largest tail factor: a tail beyond it is the machine's, and shedding more cannot help
+TAIL_WINDOW = 300  # recent requests the tail is taken over
+TAIL_MIN_REQUESTS = 50  # requests measured before the tail replaces its prior
+TAIL_PRIOR = 0.2  # the tail until then, as a share of the SLO: a prediction may fill 80% of it
+TAIL_MAX = 0.5  # the largest tail, as a share of the SLO: beyond it the tail is the machine's, and shedding cannot help
 BATCH_CLASSES = (1, 2, 4, 8, 16, 32)  # the smallest batch size of each class a correction is kept for
 UNTIMED_MS_PER_TOKEN = 0.2  # a first guess for a model whose frontier was never timed; measurement corrects it
 MACS_SHARES_KEPT = 8192  # (length config, window length) pairs whose MACs share is kept, the most recent
@@ -119,33 +119,36 @@ class Pending:
 
 
 class LatencyTail:
-    """How much longer than predicted the slowest recent requests took: what a prediction is scaled by to fit
-    an SLO meant for the tail.
+    """How many milliseconds longer than predicted the slowest recent requests took: what is added to a
+    prediction to fit an SLO meant for the tail.
 
-    Each request served under the SLO adds the time it took from its admission on over the time predicted
-    then; the factor is the `TAIL_QUANTILE` of the last `TAIL_WINDOW` of them (`TAIL_PRIOR` until
-    `TAIL_MIN_REQUESTS` are in). So whatever the mean predictions leave out (batches grown by later arrivals,
-    tokenising on the model's cores, a noisy machine) is measured, and a factor that rose comes back down
-    when requests run faster. It stops at `TAIL_MAX`: where even one request at a time has a tail far above
-    its median, a factor that kept rising would shed every request and measure none (the measurements are in
-    docs/experiments/serve-under-load.md).
+    Each request served under the SLO adds its time from the decision on less the time predicted then; the
+    tail is the `TAIL_QUANTILE` of the last `TAIL_WINDOW` of them (`TAIL_PRIOR` of the SLO until
+    `TAIL_MIN_REQUESTS` are in, never below 0). So whatever the mean predictions leave out (batches grown by
+    later arrivals, the event loop, a worker's wait, a noisy machine) is measured, and a tail that grew comes
+    back down when requests run faster. It is added, not multiplied: what the predictions leave out costs
+    about the same at every point, and as a factor it would be charged to the cheap points' small predictions
+    many times over, so that a busy server, serving cheap points, measured a large factor, chose cheaper still
+    and shed most requests. It stops at `TAIL_MAX` of the SLO: where even one request at a time has a tail
+    far above its median, a tail that kept growing would shed every request and measure none (the
+    measurements are in docs/experiments/serve-under-load.md).
     """
 
-    def __init__(self) -> None:
-        self._ratios: deque[float] = deque(maxlen=TAIL_WINDOW)
-        self.factor = TAIL_PRIOR
+    def __init__(self, slo_ms: float) -> None:
+        self._excess_ms: deque[float] = deque(maxlen=TAIL_WINDOW)
+        self._most_ms = TAIL_MAX * slo_ms
+        self.ms = TAIL_PRIOR * slo_ms
 
     def observe(self, predicted_ms: float, measured_ms: float) -> None:
-        if predicted_ms > 0:
-            self._ratios.append(measured_ms / predicted_ms)
-            if len(self._ratios) >= TAIL_MIN_REQUESTS:
-                self.factor = min(float(np.quantile(self._ratios, TAIL_QUANTILE)), TAIL_MAX)
+        self._excess_ms.append(measured_ms - predicted_ms)
+        if len(self._excess_ms) >= TAIL_MIN_REQUESTS:
+            self.ms = min(max(float(np.quantile(self._excess_ms, TAIL_QUANTILE)), 0.0), self._most_ms)
 
 
 @dataclass(frozen=True)
 class Admission:
     """The point a request runs at under the SLO: the time it had taken when admitted, and the time it was
-    then predicted to take from there on (before the tail factor)."""
+    then predicted to take from there on (before the tail)."""
 
     point: Point
     elapsed_ms: float
@@ -158,7 +161,7 @@ class LoadAdaptiveBudget:
     It decides twice. At admission, from the predicted queue ahead (`choose`); and when the request's turn
     in the model comes (`rechoose`, `fits`), from the time it has actually left: the queue may have run
     slower than predicted, and a request that can no longer make its deadline at its point runs at a cheaper
-    one, or is shed then (503) rather than answered late. Each decision has its own tail factor, measured
+    one, or is shed then (503) rather than answered late. Each decision has its own tail, measured
     against what followed it: the admission's covers the queue, the dispatch's only the batch and decoding.
     """
 
@@ -169,12 +172,12 @@ class LoadAdaptiveBudget:
         self.points: list[Point] = [frontier.full, *reversed(frontier.points)]
         self.work = work
         self.slo_ms = slo_ms
-        self.tail = LatencyTail()
-        self.dispatch_tail = LatencyTail()
+        self.tail = LatencyTail(slo_ms)
+        self.dispatch_tail = LatencyTail(slo_ms)
 
     def choose(self, lengths: Sequence[int], pending: Pending, elapsed_ms: float = 0.0) -> Admission | None:
         """The first point, most accurate first, at which a request that has taken `elapsed_ms` so far is
-        predicted to finish within the SLO, its prediction times the tail factor; None: none does (shed).
+        predicted to finish within the SLO, with the tail added to its prediction; None: none does (shed).
 
         What is left of a request is the rest of the batch in the model now, the queue ahead with its own
         windows (run in batches as large as both together, at that size's correction), and its decoding.
@@ -184,7 +187,7 @@ class LoadAdaptiveBudget:
         for point in self.points:
             own = sum(self.work.window_ms(n, point.length_config) for n in lengths)
             predicted_ms = fixed_ms + correction * (pending.queued_ms + own)
-            if elapsed_ms + predicted_ms * self.tail.factor <= self.slo_ms:
+            if elapsed_ms + predicted_ms + self.tail.ms <= self.slo_ms:
                 return Admission(point, elapsed_ms, predicted_ms)
         return None
 
@@ -198,7 +201,7 @@ class LoadAdaptiveBudget:
 
     def fits(self, windows: int, uncorrected_ms: float, left_ms: float) -> bool:
         """Whether a batch starting now answers a request with `left_ms` to its deadline in time."""
-        return self.batch_ms(windows, uncorrected_ms) * self.dispatch_tail.factor <= left_ms
+        return self.batch_ms(windows, uncorrected_ms) + self.dispatch_tail.ms <= left_ms
 
     def rechoose(self, lengths: Sequence[int], current: LengthConfig | None, left_ms: float) -> Point | None:
         """At a request's turn: the most accurate point, no more accurate than `current`, at which its windows

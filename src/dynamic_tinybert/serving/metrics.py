@@ -63,10 +63,10 @@ class ServerMetrics:
             ["batch"],
             registry=r,
         )
-        self.tail_factor = Gauge(
-            "dtb_slo_tail_factor",
-            "the 99th percentile of recent requests' time over their predicted time (--slo-ms scales by it), "
-            "by the decision predicted: admission (the queue ahead) or dispatch (from the request's turn)",
+        self.tail_ms = Gauge(
+            "dtb_slo_tail_ms",
+            "the 99th percentile of recent requests' time beyond their predicted time, in ms (--slo-ms adds it to "
+            "predictions), by the decision predicted: admission (the queue ahead) or dispatch (from their turn)",
             ["decision"],
             registry=r,
         )
