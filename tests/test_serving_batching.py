@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ from dynamic_tinybert import LengthConfig, QuestionAnswerer
 from dynamic_tinybert.features import make_windows
 from dynamic_tinybert.serving import ServerSettings, create_app
 from dynamic_tinybert.serving import batcher as batcher_module
-from dynamic_tinybert.serving.batcher import Job, take_in_turns
+from dynamic_tinybert.serving.batcher import Job, settle, take_in_turns
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "henry"]
 CITIES = ["oslo", "paris", "rome", "berlin", "madrid", "vienna", "athens", "london"]
@@ -150,3 +151,15 @@ def test_the_batching_loop_trims_the_heap_once_per_idle_spell_and_retries_a_trim
     assert 1 <= trimmed <= 4  # once each time the queue went idle (three warm-up batches, a request), not more
     assert len(queued_at_trim) - trimmed >= 3  # refused: tried again each interval while the queue stays idle
     assert not any(queued_at_trim)  # never while work is queued
+
+
+def test_a_future_its_request_cancelled_meanwhile_is_settled_without_raising_in_the_batching_thread():
+    cancelled = Future()
+    cancelled.cancel()  # the client left between the batcher's check and its answer
+    settle(cancelled, ([], []))
+    settle(cancelled, error=RuntimeError("the model failed"))
+    assert cancelled.cancelled()
+    answered = Future()
+    settle(answered, ([1], [2]))
+    settle(answered, error=RuntimeError("too late"))  # a second outcome is ignored, not raised
+    assert answered.result() == ([1], [2])

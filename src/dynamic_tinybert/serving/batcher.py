@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -246,7 +246,7 @@ class Batcher:
         if point is None:
             cheapest = self.budget.points[-1].length_config
             needed_ms = self.budget.batch_ms(len(lengths), sum(self.work.window_ms(n, cheapest) for n in lengths))
-            job.future.set_exception(DeadlineMissed(1000.0 * (now - job.submitted), needed_ms))
+            settle(job.future, error=DeadlineMissed(1000.0 * (now - job.submitted), needed_ms))
             return False
         if cost_key(point.length_config) != cost_key(job.length_config):
             self._queued_ms -= sum(job.window_ms)
@@ -291,8 +291,7 @@ class Batcher:
                 start_logits, end_logits = self.qa.logits(windows, config, self.qa.defaults.batch_size)
         except Exception as e:  # the model failed: every request in the batch learns why
             for job in {job for job, _ in batch}:
-                if not job.future.done():
-                    job.future.set_exception(e)
+                settle(job.future, error=e)
             return
         measured_ms = 1000.0 * (time.perf_counter() - started)
         self.work.observe_batch(len(windows), sum(job.window_ms[i] for job, i in batch), measured_ms)
@@ -301,8 +300,20 @@ class Batcher:
         for (job, i), start, end in zip(batch, start_logits, end_logits):
             job.start_logits[i], job.end_logits[i] = start, end
             job.done += 1
-            if job.done == len(job.windows) and not job.future.done():
-                job.future.set_result((job.start_logits, job.end_logits))
+            if job.done == len(job.windows):
+                settle(job.future, (job.start_logits, job.end_logits))
+
+
+def settle(future: Future, result: object = None, error: BaseException | None = None) -> None:
+    """Give a job's future its outcome, unless it has one: its request may cancel it at any moment (a client
+    that left, a time limit), without the batcher's lock, and that must not end the batching thread."""
+    try:
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass
 
 
 def length_groups(lengths: list[int], overhead_tokens: int = FORWARD_OVERHEAD_TOKENS) -> list[list[int]]:
