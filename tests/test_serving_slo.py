@@ -311,12 +311,12 @@ def test_fuzzing_the_api_from_its_schema_never_gets_a_5xx_and_every_response_con
     assert calls[GenerationMode.POSITIVE] >= 50 and calls[GenerationMode.NEGATIVE] >= 50, calls
 
 
-def deadline_batcher(qa) -> Batcher:
+def deadline_batcher(qa, max_batch_tokens: int = 4096) -> Batcher:
     """A batcher under an SLO whose predictions stay as the timed lines say, its batches taken by the test."""
     work = WorkModel(qa.model.config, qa.frontier)
     work.observe_batch = work.observe_decoding = lambda *args: None
     budget = LoadAdaptiveBudget(qa.frontier, work, slo_ms=100.0)
-    batcher = Batcher(qa, work, ServerMetrics(), max_batch_tokens=4096, max_wait_ms=0, budget=budget)
+    batcher = Batcher(qa, work, ServerMetrics(), max_batch_tokens, max_wait_ms=0, budget=budget)
     batcher.start = lambda: None  # no batching thread: the test calls _take itself
     return batcher
 
@@ -380,3 +380,18 @@ def test_the_slo_learns_from_each_answer_the_time_its_server_timing_reports(qa, 
     assert float(response.headers["Server-Timing"].split("dur=")[1]) == pytest.approx(taken[0], abs=0.051)
     text = client.get("/metrics").text
     assert 'dtb_slo_tail_ms{decision="admission"}' in text and 'dtb_slo_tail_ms{decision="dispatch"}' in text
+
+
+@pytest.mark.parametrize("max_batch_tokens", [4096, 0])
+def test_a_request_whose_windows_a_deadline_splits_over_batches_gets_them_all_run(qa, max_batch_tokens):
+    batcher = deadline_batcher(qa, max_batch_tokens)
+    windows = qa.windows([PAIR["question"]] * 3, [PAIR["context"]] * 3)
+    lengths = [w.length for w in windows]
+    job = batcher.submit(windows, None, deadline=due_in(10_000.0))
+    batcher.budget.rechoose = lambda lengths, current, left_ms: FULL  # it fits at its turn, at full length,
+    batcher.budget.fits = lambda windows, uncorrected_ms, left_ms: windows == 1  # a window at a time
+    taken = []
+    while batch := batcher._take():
+        taken += [i for _, i in batch]
+        batcher._run(batch)
+    assert taken == list(range(len(lengths))) and len(job.future.result(timeout=0)[0]) == len(lengths)

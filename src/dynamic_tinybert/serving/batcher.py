@@ -212,8 +212,8 @@ class Batcher:
         if not self._jobs:
             return []
         config = self._jobs[0].length_config
-        if not self.max_batch_tokens:  # one request at a time: all its windows
-            job = self._jobs.popleft()
+        if not self.max_batch_tokens:  # one request at a time: all its windows (it leaves the queue below)
+            job = self._jobs[0]
             batch = [(job, i) for i in range(job.scheduled, len(job.windows))]
         else:
             batch = take_in_turns(
