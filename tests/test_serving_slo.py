@@ -285,9 +285,11 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_checkpoint: Pat
 
 
 @pytest.mark.slow
-def test_fuzzing_the_api_from_its_schema_never_gets_a_5xx_and_every_response_conforms(qa):
-    """schemathesis draws requests from the OpenAPI schema (valid and not) for every operation."""
-    app = create_app(qa, settings=ServerSettings(max_context_chars=5_000))
+@pytest.mark.parametrize("slo_ms", [None, 50.0])
+def test_fuzzing_the_api_from_its_schema_never_gets_a_5xx_and_every_response_conforms(qa, slo_ms):
+    """schemathesis draws requests from the OpenAPI schema (valid and not) for every operation; with --slo-ms
+    too, where each request's length is chosen, checked again at its turn, and perhaps dropped."""
+    app = create_app(qa, settings=ServerSettings(max_context_chars=5_000, slo_ms=slo_ms))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/", "/answer", "/health", "/ready", "/info", "/metrics"}
