@@ -8,7 +8,8 @@ significance; protected question tokens in at most half the kept slots), gathers
 dropped ones before the span head. It checks the logits against the eager model under each configuration,
 quantises the export as ONNX Runtime's dynamic int8 (per channel, as the `onnxruntime:int8` peer is), and
 times one window at a time on the same dev windows: eager fp32 and bf16, the export in fp32 and in int8,
-with the F1 of each one's answers.
+each over all the windows before the next (ONNX Runtime's and OpenMP's threads keep spinning after a call,
+which slows whatever runs next), with the F1 of each one's answers.
 
     python experiments/onnx_adaptive_encoder.py --threads 2 --output docs/experiments/results/onnx-adaptive-encoder
 """
@@ -143,9 +144,9 @@ def main() -> None:
         systems = ("eager fp32", "eager bf16", *sessions)
         times: dict[str, list[float]] = {system: [] for system in systems}
         logits: dict[str, list[np.ndarray]] = {system: [] for system in systems}
-        for window in windows:
-            batch, feed = feeds(window, config)
-            for system in systems:
+        for system in systems:  # each over every window in turn: one engine's spinning threads must not slow another's
+            for window in windows:
+                batch, feed = feeds(window, config)
                 started = time.perf_counter()
                 if system.startswith("eager"):
                     model = qa.model if system == "eager fp32" else bf16.model
@@ -175,7 +176,7 @@ def main() -> None:
     lines = [
         "# The length-adaptive model exported to ONNX (keep counts as inputs) against the eager path",
         "",
-        f"{len(questions)} dev questions ({len(windows)} windows) one at a time, each system in turn on each window "
+        f"{len(questions)} dev questions ({len(windows)} windows) one at a time, each system over all of them in turn "
         f"(the first 10 of each configuration not timed); {args.threads} threads; export and quantisation "
         f"{build_s:.1f} s. Logit differences are against eager fp32 on the same window.",
         "",
