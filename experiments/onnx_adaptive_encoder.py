@@ -29,7 +29,7 @@ from torch import nn
 from dynamic_tinybert import QuestionAnswerer, checkpoint
 from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result
 from dynamic_tinybert.features import collate
-from dynamic_tinybert.model import RANK_QUESTION, RANK_TOKEN, BertForQuestionAnswering, token_ranks
+from dynamic_tinybert.model import RANK_QUESTION, RANK_TOKEN, BertForQuestionAnswering, restore, token_ranks
 from dynamic_tinybert.squad import f1_score, load_squad
 
 RANK_WEIGHT = 1e6  # a rank outweighs any significance in the selection key (float64 keeps the significance's digits)
@@ -56,10 +56,10 @@ class OneWindowAdaptiveModel(nn.Module):
             attended, _ = layer.attention(x, mask[:, : x.shape[1]], need_scores=False)
             significance = layer.token_scorer(attended)[0, :, 0].double()  # (K,)
             index = self.select(significance, rank, keep[i])
-            restored = restore(restored, positions, x)  # dropped tokens keep this layer's input
+            restored = restore(restored, x, positions[None])  # dropped tokens keep this layer's input
             attended, positions, rank = attended[:, index], positions[index], rank[index]
             x = layer.feed_forward(attended)
-        hidden = restore(restored, positions, x)
+        hidden = restore(restored, x, positions[None])
         return self.model.qa_outputs(hidden)[0].t()  # (2, T): start, end
 
     @staticmethod
@@ -75,11 +75,6 @@ class OneWindowAdaptiveModel(nn.Module):
         rank = torch.where(question & (place >= keep // 2), torch.full_like(rank, RANK_TOKEN), rank)
         kept = torch.topk(rank.double() * RANK_WEIGHT + significance, torch.minimum(keep, count)).indices
         return torch.sort(kept).values
-
-
-def restore(buffer: torch.Tensor, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """`buffer` (1, T, H) with the current tokens' states `x` (1, K, H) written at their original positions."""
-    return buffer.scatter(1, positions[None, :, None].expand_as(x), x)
 
 
 def export(model: OneWindowAdaptiveModel, path: Path, layers: int) -> None:
@@ -154,9 +149,9 @@ def main() -> None:
         systems = ("eager fp32", "eager bf16", *sessions)
         times: dict[str, list[float]] = {system: [] for system in systems}
         logits: dict[str, list[np.ndarray]] = {system: [] for system in systems}
+        inputs = [feeds(window, config) for window in windows]
         for system in systems:  # each over every window in turn: one engine's spinning threads must not slow another's
-            for window in windows:
-                batch, feed = feeds(window, config)
+            for batch, feed in inputs:
                 started = time.perf_counter()
                 if system.startswith("eager"):
                     model = qa.model if system == "eager fp32" else bf16.model
