@@ -1,12 +1,11 @@
 """Can the length-adaptive model itself run on ONNX Runtime, with the keep counts as inputs, and is it faster?
 
 Issue 26 asks whether the token-dropping encoder could run on a peer's engine, so that one compiled model
-serves every frontier point. This exports the shipped model for one window at a time (no padding, so no
-mask): its inputs are the token ids, the token types and the number of tokens each layer keeps, and the
-graph selects the tokens itself as `model.select_tokens` does (rank first, then the learned scorer's
-significance; protected question tokens in at most half the kept slots), gathers them, and restores the
-dropped ones before the span head. It checks the logits against the eager model under each configuration,
-quantises the export as ONNX Runtime's dynamic int8 (per channel, as the `onnxruntime:int8` peer is; and
+serves every frontier point. This exports the shipped model for one window at a time with the library's
+`onnx_export.export` (which began here): its inputs are the token ids, the token types, the number of tokens
+each layer keeps and whether question tokens are protected, and the graph selects, gathers and restores the
+tokens itself with the eager model's own functions. It checks the logits against the eager model under each
+configuration, quantises the export as ONNX Runtime's dynamic int8 (per channel, as the `onnxruntime:int8` peer is; and
 again with the feed-forward output projections left in fp32), and
 times one window at a time on the same dev windows: eager fp32 and bf16, the export in fp32 and in int8,
 each over all the windows before the next (ONNX Runtime's and OpenMP's threads keep spinning after a call,
@@ -24,73 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from dynamic_tinybert import QuestionAnswerer, checkpoint
 from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result
 from dynamic_tinybert.features import collate
-from dynamic_tinybert.model import RANK_QUESTION, RANK_TOKEN, BertForQuestionAnswering, restore, token_ranks
+from dynamic_tinybert.onnx_export import export
 from dynamic_tinybert.squad import f1_score, load_squad
-
-RANK_WEIGHT = 1e6  # a rank outweighs any significance in the selection key (float64 keeps the significance's digits)
-
-
-class OneWindowAdaptiveModel(nn.Module):
-    """The model for a single unpadded window, its per-layer keep counts an input: (ids, types, keep) -> logits."""
-
-    def __init__(self, model: BertForQuestionAnswering, protect_question: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.protect_question = protect_question
-        self.eval()  # the export puts a module back in the mode it found it in, and its children with it
-
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        bert = self.model.bert
-        T = input_ids.shape[1]
-        mask = torch.ones_like(input_ids, dtype=torch.bool)
-        rank = token_ranks(mask, token_type_ids, self.protect_question)[0]  # (T,)
-        x = bert.embeddings(input_ids, token_type_ids)  # (1, T, H)
-        positions = torch.arange(T)
-        restored = torch.zeros_like(x)
-        for i, layer in enumerate(bert.encoder.layer):
-            attended, _ = layer.attention(x, mask[:, : x.shape[1]], need_scores=False)
-            significance = layer.token_scorer(attended)[0, :, 0].double()  # (K,)
-            index = self.select(significance, rank, keep[i])
-            restored = restore(restored, x, positions[None])  # dropped tokens keep this layer's input
-            attended, positions, rank = attended[:, index], positions[index], rank[index]
-            x = layer.feed_forward(attended)
-        hidden = restore(restored, x, positions[None])
-        return self.model.qa_outputs(hidden)[0].t()  # (2, T): start, end
-
-    @staticmethod
-    def select(significance: torch.Tensor, rank: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Indices of the `keep` tokens kept, in their order: by rank, then significance; protected question
-        tokens past the first keep // 2 of them (by significance) compete as context tokens."""
-        K = significance.shape[0]
-        count = torch.ones_like(rank).sum()  # K as a tensor the export keeps dynamic
-        question = rank == RANK_QUESTION
-        by_question = torch.where(question, significance, torch.full_like(significance, -torch.inf))
-        order = torch.topk(by_question, K).indices
-        place = torch.empty_like(order).scatter(0, order, torch.arange(K))
-        rank = torch.where(question & (place >= keep // 2), torch.full_like(rank, RANK_TOKEN), rank)
-        kept = torch.topk(rank.double() * RANK_WEIGHT + significance, torch.minimum(keep, count)).indices
-        return torch.sort(kept).values
-
-
-def export(model: OneWindowAdaptiveModel, path: Path, layers: int) -> None:
-    ids = torch.ones(1, 20, dtype=torch.long)
-    types = torch.zeros(1, 20, dtype=torch.long)
-    keep = torch.full((layers,), 20, dtype=torch.long)
-    torch.onnx.export(
-        model,
-        (ids, types, keep),
-        str(path),
-        input_names=["input_ids", "token_type_ids", "keep"],
-        output_names=["logits"],
-        dynamic_axes={"input_ids": {1: "tokens"}, "token_type_ids": {1: "tokens"}, "logits": {1: "tokens"}},
-        opset_version=17,
-        dynamo=False,
-    )
 
 
 def main() -> None:
@@ -115,7 +53,7 @@ def main() -> None:
     fp32_path, int8_path = folder / "adaptive.onnx", folder / "adaptive-int8.onnx"
     mixed_path = folder / "adaptive-int8-ff-out-fp32.onnx"
     started = time.perf_counter()
-    export(OneWindowAdaptiveModel(qa.model, protect_question=True), fp32_path, layers)
+    fp32_path.write_bytes(export(qa.model))
     quantize_dynamic(fp32_path, int8_path, per_channel=True, weight_type=QuantType.QInt8)
     build_s = time.perf_counter() - started
     # the feed-forward output projections carry most of int8's loss (docs/experiments/int8-layers.md)
@@ -140,6 +78,7 @@ def main() -> None:
             "input_ids": batch.input_ids.numpy(),
             "token_type_ids": batch.token_type_ids.numpy(),
             "keep": keep.numpy(),
+            "protect_question": np.array(config is not None and config.protect_question),
         }
 
     opts = qa.options()

@@ -6,7 +6,6 @@ beneath its title. The model is the tiny random checkpoint; its answers are mean
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import shutil
@@ -19,11 +18,8 @@ import torch
 from synthetic import synthetic_dataset, write_squad_file
 from test_frontier import TIMED
 
-from dynamic_tinybert import LengthConfig
 from dynamic_tinybert.benchmark.provenance import provenance_line
 from dynamic_tinybert.benchmark.results import write_result
-
-from conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,29 +135,3 @@ def test_open_book_runs_end_to_end_on_the_samples_and_records_its_provenance(tmp
     assert [row["k"] for row in result["reader"]["rows"]] == [1, 2, 1, 2]
     assert {"recall@1", "recall@2"} <= result["retrieval"].keys() and result["v2"]["questions"] == 6
     check_provenance(result["provenance"], ROOT / "src" / "dynamic_tinybert" / "models" / "dynamic-minilm-l6-squad")
-
-
-@pytest.mark.parametrize("ratios", [None, (0.8, 0.5, 0.3), (1.0, 0.6, 0.6)])
-def test_the_onnx_export_of_the_length_adaptive_model_gives_its_logits_under_each_configuration(tmp_path, ratios):
-    """experiments/onnx_adaptive_encoder.py: one graph, keep counts as inputs, the eager model's logits."""
-    ort = pytest.importorskip("onnxruntime")
-    script = ROOT / "experiments/onnx_adaptive_encoder.py"
-    spec = importlib.util.spec_from_file_location("onnx_adaptive_encoder", script)
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
-    model = tiny_model(token_selection="learned")
-    experiment.export(experiment.OneWindowAdaptiveModel(model, protect_question=True), tmp_path / "m.onnx", 3)
-    assert not any(module.training for module in model.modules())  # the export left it as it found it
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    generator = torch.Generator().manual_seed(1)
-    for length in (9, 40, 77):  # other lengths than the export's example
-        ids = torch.randint(5, model.config.vocab_size, (1, length), generator=generator)
-        types = (torch.arange(length) >= length // 3).long()[None]
-        real = torch.tensor([length])
-        config = None if ratios is None else LengthConfig.ratios(ratios, protect_question=True)
-        keep = real.repeat(3) if config is None else config.keep_counts(real)[0]
-        with torch.inference_mode():
-            out = model(ids, torch.ones_like(ids), types, length_config=config)
-        expected = torch.stack([out.start_logits[0], out.end_logits[0]]).numpy()
-        feed = {"input_ids": ids.numpy(), "token_type_ids": types.numpy(), "keep": keep.numpy()}
-        assert abs(session.run(None, feed)[0] - expected).max() < 1e-4

@@ -79,6 +79,8 @@ def test_system_names_give_kind_precision_batch_size_and_frontier_points():
             "project:int8@1",
             "project:frontier@8",
             "project:frontier1:bf16",
+            "project:frontier2:int8:onnxruntime@1",
+            "project:torch:int8@4",
             "transformers@1",
             "transformers:bf16@64",
         ],
@@ -91,11 +93,14 @@ def test_system_names_give_kind_precision_batch_size_and_frontier_points():
         "project:frontier1@8",
         "project:frontier2@8",
         "project:frontier1:bf16@32",
+        "project:frontier2:int8:onnxruntime@1",
+        "project:int8:torch@4",
         "transformers@1",
         "transformers:bf16@64",
     ]
     assert systems[-1].precision == "bf16"
     assert systems[3].length_config == FRONTIER.points[1].length_config
+    assert [s.engine for s in systems[5:8]] == ["auto", "onnxruntime", "torch"]
     assert parse_systems([s.name for s in systems], FRONTIER) == systems
 
 
@@ -112,6 +117,7 @@ def test_peers_take_a_precision_and_openvino_without_one_runs_in_its_own():
         ("pytorch", "unknown system"),
         ("project:fp16", "project options"),
         ("project:int8:bf16", "project options"),
+        ("project:torch:onnxruntime", "one engine"),
         ("project:frontier3", "points 0 to 2"),
         ("transformers:int8", "a precision"),
         ("transformers:bf16:fp32", "a precision"),
@@ -222,12 +228,15 @@ def test_the_summary_compares_the_fastest_project_system_within_the_tolerance_wi
         row("project:frontier1@32", "project", 79.2, 150.0, "0.6"),
         row("transformers@1", "transformers", 80.0, 10.0, p50=100.0),
         row("transformers@32", "transformers", 80.0, 30.0),
+        row("openvino@8", "openvino", 79.9, 100.0),
+        row("onnxruntime:int8@1", "onnxruntime", 79.0, 60.0, p50=16.0),
     ]
     result = summary(rows, f1_tolerance=1.0)
     assert result["best_within_tolerance"]["system"] == "project:frontier1@32"
     assert result["best_transformers"]["system"] == "transformers@32"
     assert result["speedup"] == 5.0
-    assert result["p50_ms_batch_1"] == {"project@1": 50.0, "transformers@1": 100.0}
+    assert result["best_peer"]["system"] == "openvino@8" and result["speedup_over_best_peer"] == 1.5
+    assert result["p50_ms_batch_1"] == {"project@1": 50.0, "transformers@1": 100.0, "onnxruntime:int8@1": 16.0}
 
 
 def test_without_an_fp32_row_the_summary_measures_from_the_full_length_bf16_row():
@@ -242,12 +251,14 @@ def test_without_an_fp32_row_the_summary_measures_from_the_full_length_bf16_row(
 
 
 def test_results_are_written_as_a_markdown_table_json_and_a_plot(model_dir, tmp_path):
-    result = run_benchmark(model_dir, DATA, ["project@4", "project:frontier@4"], threads=1, fresh_process=False)
+    systems = ["project@4", "project:frontier@4", "project:frontier1:onnxruntime@1"]
+    result = run_benchmark(model_dir, DATA, systems, threads=1, fresh_process=False)
     md, js, png = write_results(result, tmp_path / "out" / "speed")
     assert json.loads(js.read_text()) == result
     assert md.read_text().splitlines()[2] == provenance_line(result)  # beneath the title, as bench/ scripts put it
     table = [line for line in md.read_text().splitlines() if line.startswith("| dynamic-tinybert")]
-    assert len(table) == 4
+    assert len(table) == 5 and table[-1].startswith("| dynamic-tinybert on onnxruntime | fp32 |")
+    assert [r["engine"] for r in result["rows"]][-2:] == ["torch", "onnxruntime"]
     assert png.read_bytes().startswith(b"\x89PNG")
 
 

@@ -163,6 +163,37 @@ def test_ask_answers_under_a_length_config(dtb, model_dir: Path, length_config: 
     assert_answer_of(result.json["answers"][0], CONTEXT)
 
 
+@pytest.mark.parametrize("length_config", [None, "0.9,0.7,0.5+q"])
+def test_ask_on_onnx_runtime_gives_the_eager_answers(dtb, model_dir: Path, length_config):
+    pytest.importorskip("onnxruntime")
+    common = ["ask", QUESTION, "--context", CONTEXT, "--model", model_dir, "--json", "--top-k", 3]
+    common += [] if length_config is None else ["--length-config", length_config]
+    eager, exported = dtb(*common, "--engine", "torch"), dtb(*common, "--engine", "onnxruntime")
+    assert (exported.code, exported.err) == (0, "")
+    for a, b in zip(exported.json["answers"], eager.json["answers"], strict=True):
+        assert {**a, "score": 0} == {**b, "score": 0} and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_eval_says_which_engine_ran_int8(dtb, model_dir: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    common = ["eval", "--data", SAMPLE_V11, "--limit", 3, "--model", model_dir, "--json", "--precision", "int8"]
+    auto = dtb(*common, "--predictions", tmp_path / "a.json")
+    eager = dtb(*common, "--predictions", tmp_path / "b.json", "--engine", "torch")
+    assert auto.code == eager.code == 0
+    assert (auto.json["engine"], eager.json["engine"]) == ("onnxruntime", "torch")
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--engine", "tvm"], ["argument --engine", "invalid choice", "'tvm'"]),
+        (["--engine", "onnxruntime", "--precision", "bf16"], ["onnxruntime engine runs fp32 or int8, not bf16"]),
+    ],
+)
+def test_an_engine_that_cannot_run_is_a_usage_error(dtb, model_dir: Path, flags, fragments):
+    assert_usage_error(dtb("ask", QUESTION, "--context", CONTEXT, "--model", model_dir, *flags), *fragments)
+
+
 def test_ask_answers_every_line_of_a_json_lines_input_in_order(dtb, model_dir: Path, tmp_path: Path):
     pairs = [
         {"question": QUESTION, "context": CONTEXT},

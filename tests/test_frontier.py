@@ -457,7 +457,7 @@ def test_dtb_calibrate_writes_the_latencies_into_pareto_json(frontier_dir: Path,
     assert "latencies of 3 frontier points" in capsys.readouterr().out
     frontier = load_frontier(frontier_dir)
     assert all(p.latency_ms > 0 for p in frontier.points)
-    assert frontier.search["calibrated"] == {"questions": 3, "batch_size": 1, "precision": "fp32"}
+    assert frontier.search["calibrated"] == {"questions": 3, "batch_size": 1, "precision": "fp32", "engine": "torch"}
     ask = ["ask", QUESTIONS[0], "--context", CONTEXTS[0], "--model", str(frontier_dir), "--latency-ms", "1e6"]
     assert cli.main(ask) == 0
 

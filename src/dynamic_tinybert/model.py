@@ -285,29 +285,42 @@ def select_tokens(
     if bool(question.any()):
         # Protected question tokens fill at most half of the kept slots; the rest compete with the context
         # on significance, so that a layer keeping few tokens (or a short context) still keeps context.
-        by_question_significance = significance.masked_fill(~question, -math.inf).argsort(dim=1, descending=True)
+        by_question_significance = argsort_descending(significance.masked_fill(~question, -math.inf))
         place = torch.empty_like(by_question_significance).scatter_(
             1, by_question_significance, torch.arange(T, device=mask.device).expand(B, T)
         )
         rank = rank.masked_fill(question & (place >= (keep // 2)[:, None]), RANK_TOKEN)
-    by_significance = significance.argsort(dim=1, descending=True, stable=True)
-    by_rank = rank.gather(1, by_significance).argsort(dim=1, descending=True, stable=True)
+    by_significance = argsort_descending(significance)
+    by_rank = argsort_descending(rank.gather(1, by_significance))
     order = by_significance.gather(1, by_rank)  # (B, T) best first
     position_in_order = torch.empty_like(order).scatter_(1, order, torch.arange(T, device=mask.device).expand(B, T))
     kept = position_in_order < keep[:, None]  # (B, T)
-    K = int(keep.max())
-    # kept tokens first, each group in original order (keys are unique, so the sort is exact)
-    index = ((~kept) * T + torch.arange(T, device=mask.device)).argsort(dim=1)[:, :K]  # (B, K)
-    new_mask = torch.arange(K, device=mask.device)[None, :] < keep[:, None]  # (B, K)
+    # kept tokens first, each group in original order (keys are unique, so the order is exact); K a tensor, not an
+    # int, so that an exported graph (onnx_export.py) keeps it an input's function rather than a constant
+    key = (~kept) * T + torch.arange(T, device=mask.device)
+    index = key.topk(keep.max(), dim=1, largest=False).indices  # (B, K)
+    new_mask = torch.ones_like(index).cumsum(dim=1) <= keep[:, None]  # (B, K)
     return index, new_mask
+
+
+def argsort_descending(values: torch.Tensor) -> torch.Tensor:
+    """The indices that sort each row of `values` (B, T) largest first, equal values in index order.
+
+    ONNX's TopK breaks ties so too, and the ONNX exporter has no stable sort, so an export uses it.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return values.topk(values.shape[1], dim=1).indices
+    return values.argsort(dim=1, descending=True, stable=True)
 
 
 def restore(buffer: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Write each current token's hidden state (B, K, H) back to its original position in buffer (B, T+1, H).
 
-    positions (B, K) holds original indices; slots that carry no token point at the spare last row T.
+    positions (B, K) holds original indices; slots that carry no token point at the spare last row T. Whole rows
+    are written (an export's ScatterND copies rows; a scatter of every element indexes each one).
     """
-    return buffer.scatter(1, positions.unsqueeze(-1).expand_as(hidden), hidden)
+    rows = torch.ones_like(positions).cumsum(dim=0) - 1  # (B, K) each slot's input
+    return buffer.index_put((rows, positions), hidden)
 
 
 @dataclass

@@ -21,13 +21,13 @@ from tokenizers import Tokenizer
 
 from . import checkpoint
 from .decoding import decode_answers
+from .engines import Engine, TorchEngine, build_engine, choose_engine
 from .explain import Explanation, describe, trace_window
 from .features import Window, batches, make_windows
 from .frontier import BudgetError, Frontier, load_frontier
 from .length_config import LengthConfig
 from .model import BertForQuestionAnswering
 from .options import AnswerOptions
-from .precision import with_precision
 from .reading import (
     MAX_CHARACTERS,
     MAX_DOCUMENTS,
@@ -75,9 +75,11 @@ class QuestionAnswerer:
         tokenizer: Tokenizer,
         frontier: Frontier | None = None,
         score_calibration: ScoreCalibration | None = None,
+        engine: Engine | None = None,
         **defaults,
     ) -> None:
         self.model = model.eval()
+        self.engine = engine or TorchEngine(self.model)  # what computes the logits; `model` traces and explains
         self.tokenizer = tokenizer
         self.frontier = frontier
         self.score_calibration = score_calibration or ScoreCalibration()  # for `read`: scores across documents
@@ -95,19 +97,24 @@ class QuestionAnswerer:
         revision: str | None = None,
         device: str = "cpu",
         precision: str = "fp32",
+        engine: str = "auto",
         **defaults,
     ) -> QuestionAnswerer:
         """Load a checkpoint directory or Hugging Face Hub id (see `checkpoint.resolve`); None: the shipped model.
 
-        `precision` "bf16" or "int8" runs the encoder's Linear layers in that precision on CPU.
+        `precision` "bf16" or "int8" runs the encoder's Linear layers in that precision on CPU. `engine` "torch"
+        runs the model eagerly, "onnxruntime" exports it to ONNX Runtime (CPU, fp32 or int8), "auto" picks
+        ONNX Runtime for int8 on the CPU where it is installed (see `engines`).
         """
+        engine = choose_engine(engine, precision, device)  # a bad choice fails before the model loads
         directory = checkpoint.resolve(path_or_id, revision)
-        model = with_precision(checkpoint.load_model(directory).to(device), precision)
+        runner, model = build_engine(checkpoint.load_model(directory).to(device), engine, precision)
         return cls(
             model,
             checkpoint.load_tokenizer(directory),
             load_frontier(directory),
             load_score_calibration(directory),
+            engine=runner,
             **defaults,
         )
 
@@ -265,7 +272,6 @@ class QuestionAnswerer:
             for example, indices in enumerate(per_example)
         ]
 
-    @torch.inference_mode()
     def logits(
         self,
         windows: Sequence[Window],
@@ -281,14 +287,8 @@ class QuestionAnswerer:
         longest = max((w.length for w in windows), default=0)
         logits = np.zeros((2, len(windows), longest), dtype=np.float32)  # start, end
         index = {id(w): i for i, w in enumerate(windows)}
-        for batch in batches(windows, batch_size, self.pad_id):
-            out = self.model(
-                batch.input_ids.to(self.device),
-                batch.attention_mask.to(self.device),
-                batch.token_type_ids.to(self.device),
-                length_config=length_config,
-            )
-            both = torch.stack([out.start_logits, out.end_logits]).float().cpu().numpy()  # (2, B, T)
+        for batch in batches(windows, min(batch_size, self.engine.max_batch or batch_size), self.pad_id):
+            both = self.engine.logits(batch, length_config)  # (2, B, T)
             rows = [index[id(window)] for window in batch.windows]
             logits[:, rows, : both.shape[2]] = both
             if progress is not None:

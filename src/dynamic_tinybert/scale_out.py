@@ -27,7 +27,15 @@ class ChunkAnswerer:
     """A Ray Data actor: loads the model once, then answers one chunk per call."""
 
     def __init__(
-        self, model: str, revision: str | None, device: str, precision: str, threads: int, input: str, options: dict
+        self,
+        model: str,
+        revision: str | None,
+        device: str,
+        precision: str,
+        engine: str,
+        threads: int,
+        input: str,
+        options: dict,
     ) -> None:
         import torch
 
@@ -36,7 +44,9 @@ class ChunkAnswerer:
 
         torch.set_num_threads(threads)
         return_freed_memory()  # an actor answers chunk after chunk: flat memory, as `dtb answer` in one process
-        self.qa = QuestionAnswerer.from_pretrained(model, revision=revision, device=device, precision=precision)
+        self.qa = QuestionAnswerer.from_pretrained(
+            model, revision=revision, device=device, precision=precision, engine=engine
+        )
         self.input, self.options = input, options
 
     def __call__(self, batch: dict) -> dict:
@@ -69,6 +79,7 @@ def run_job_on_ray(
     revision: str | None = None,
     device: str = "cpu",
     precision: str = "fp32",
+    engine: str = "auto",
     actors: int = 2,
     threads_per_actor: int = 1,
     chunk_size: int = 1024,
@@ -91,7 +102,8 @@ def run_job_on_ray(
         raise ValueError(f"actors and threads_per_actor must be >= 1, got {actors} and {threads_per_actor}")
     # the model and options are checked here, once, rather than as an error inside every actor
     check_options(
-        QuestionAnswerer.from_pretrained(model, revision=revision, device=device, precision=precision), options
+        QuestionAnswerer.from_pretrained(model, revision=revision, device=device, precision=precision, engine=engine),
+        options,
     )
     with AnswerLog(output, resume) as log:
         plan = plan_job(input, chunk_size, log.done)
@@ -116,6 +128,7 @@ def run_job_on_ray(
                     revision=revision,
                     device=device,
                     precision=precision,
+                    engine=engine,
                     threads=threads_per_actor,
                     input=str(os.path.abspath(input)),
                     options=options,

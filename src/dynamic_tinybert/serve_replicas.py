@@ -23,6 +23,7 @@ class AnswerReplica:
         revision: str | None,
         device: str,
         precision: str,
+        engine: str,
         threads: int,
         name: str,
         defaults: dict,
@@ -36,7 +37,7 @@ class AnswerReplica:
         bound_kernel_caches()  # as `dtb serve` does, before the first forward pass
         torch.set_num_threads(threads)
         self.qa = QuestionAnswerer.from_pretrained(
-            model, revision=revision, device=device, precision=precision, **defaults
+            model, revision=revision, device=device, precision=precision, engine=engine, **defaults
         )
         self.name = name
         self.settings = settings
@@ -57,6 +58,7 @@ def start_replicas(
     revision: str | None = None,
     device: str = "cpu",
     precision: str = "fp32",
+    engine: str = "auto",
     threads_per_replica: int = 1,
     address: str | None = None,
     name: str | None = None,
@@ -88,6 +90,7 @@ def start_replicas(
         revision=revision,
         device=device,
         precision=precision,
+        engine=engine,
         threads=threads_per_replica,
         name=name or str(model),
         defaults=defaults,

@@ -34,7 +34,7 @@ def markdown(result: dict) -> str:
     dash = lambda value, spec="": "-" if value is None else format(value, spec)  # noqa: E731
     for r in result["rows"]:
         lines.append(
-            f"| {KINDS[r['kind']]} | {r['precision']} | {r['length_config']} | {r['batch_size']} | {r['f1']:.2f} "
+            f"| {_system_label(r)} | {r['precision']} | {r['length_config']} | {r['batch_size']} | {r['f1']:.2f} "
             f"| {r['em']:.2f} | {r['questions_per_second']:.1f} | {dash(r['ratio_to_transformers'], '.2f')} "
             f"| {dash(r['p50_ms'], '.1f')} | {dash(r['p90_ms'], '.1f')} | {dash(r['peak_rss_mib'], '.0f')} "
             + (f"| {dash(r['peak_gpu_mib'], '.0f')} " if on_gpu else "")
@@ -50,10 +50,23 @@ def markdown(result: dict) -> str:
             f"questions/s, **{s['speedup']:.2f}x** the fastest transformers pipeline (`{pipeline['system']}`, "
             f"{pipeline['questions_per_second']:.1f} questions/s).",
         ]
+    if "speedup_over_best_peer" in s:
+        peer = s["best_peer"]
+        lines += [
+            "",
+            f"Against the fastest system of any other kind (`{peer['system']}`, {peer['questions_per_second']:.1f} "
+            f"questions/s, F1 {peer['f1']:.2f}): **{s['speedup_over_best_peer']:.2f}x**.",
+        ]
     if s["p50_ms_batch_1"]:
         latencies = ", ".join(f"`{name}` {ms:.1f}" for name, ms in s["p50_ms_batch_1"].items())
         lines += ["", f"Single question (batch 1), p50 ms: {latencies}."]
     return with_provenance("\n".join(lines) + "\n", result)
+
+
+def _system_label(row: dict) -> str:
+    """The competitor's name; the project's says which engine ran it where that was not eager torch."""
+    engine = row.get("engine")
+    return KINDS[row["kind"]] + (f" on {engine}" if engine not in (None, "torch") else "")
 
 
 def _int8_note(result: dict) -> str:

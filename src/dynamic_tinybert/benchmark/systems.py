@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..engines import ENGINES
 from ..frontier import FILENAME as FRONTIER_FILE
 from ..frontier import Frontier
 from ..length_config import LengthConfig
@@ -85,6 +86,7 @@ class System:
     precision: str = "fp32"  # the precision asked for (`_PEER_PRECISIONS`); OpenVINO's own choice: OPENVINO_DEFAULT
     length_config: LengthConfig | None = None
     point: int | None = None  # index into the model's frontier (cheapest first); None: full length
+    engine: str = "auto"  # what runs the project's model (`engines.ENGINES`)
 
     @property
     def name(self) -> str:
@@ -92,6 +94,8 @@ class System:
         options = [] if self.point is None else [f"frontier{self.point}"]
         if self.precision != _DEFAULT_PRECISION.get(self.kind, "fp32"):
             options.append(self.precision)
+        if self.engine != "auto":
+            options.append(self.engine)
         return ":".join([self.kind, *options]) + f"@{self.batch_size}"
 
 
@@ -100,7 +104,8 @@ def parse_systems(names: Sequence[str], frontier: Frontier | None) -> list[Syste
 
     KIND is project, transformers, onnxruntime or openvino. The project's options: a precision (fp32, bf16,
     int8), `full` (the default), `frontier` (one system per point of the model's pareto.json) or `frontierN`
-    (point N only, cheapest first). The peers take at most one option, a precision: the transformers pipeline
+    (point N only, cheapest first), and an engine (torch or onnxruntime; without one, `engines.choose_engine`'s
+    auto). The peers take at most one option, a precision: the transformers pipeline
     fp32 or bf16 (its weights cast, as `dtype=torch.bfloat16` does), ONNX Runtime fp32 or int8 (optimum's
     dynamic quantisation), OpenVINO fp32 (without it, OpenVINO's own precision hint: bf16 on a CPU with bf16).
     """
@@ -122,16 +127,23 @@ def parse_systems(names: Sequence[str], frontier: Frontier | None) -> list[Syste
             systems.append(System(kind, batch_size, options[0] if options else _DEFAULT_PRECISION.get(kind, "fp32")))
             continue
         precisions = [o for o in options if o in PRECISIONS]
-        lengths = [o for o in options if o not in PRECISIONS]
-        if len(precisions) > 1 or len(lengths) > 1 or not all(re.fullmatch(r"full|frontier\d*", o) for o in lengths):
+        engines = [o for o in options if o in ENGINES]
+        lengths = [o for o in options if o not in PRECISIONS and o not in ENGINES]
+        if (
+            len(precisions) > 1
+            or len(engines) > 1
+            or len(lengths) > 1
+            or not all(re.fullmatch(r"full|frontier\d*", o) for o in lengths)
+        ):
             raise ValueError(
-                f"system {name!r}: project options are one precision ({', '.join(PRECISIONS)}) "
-                "and one of full, frontier, frontierN"
+                f"system {name!r}: project options are one precision ({', '.join(PRECISIONS)}), one of full, "
+                f"frontier, frontierN, and one engine ({', '.join(ENGINES)})"
             )
         precision = precisions[0] if precisions else "fp32"
+        engine = engines[0] if engines else "auto"
         length = lengths[0] if lengths else "full"
         if length == "full":
-            systems.append(System(kind, batch_size, precision))
+            systems.append(System(kind, batch_size, precision, engine=engine))
             continue
         if frontier is None:
             raise ValueError(f"system {name!r}: the model has no frontier ({FRONTIER_FILE}); run `dtb search` first")
@@ -139,7 +151,7 @@ def parse_systems(names: Sequence[str], frontier: Frontier | None) -> list[Syste
         for i in indices:
             if i >= len(frontier.points):
                 raise ValueError(f"system {name!r}: the frontier has points 0 to {len(frontier.points) - 1}")
-            systems.append(System(kind, batch_size, precision, frontier.points[i].length_config, i))
+            systems.append(System(kind, batch_size, precision, frontier.points[i].length_config, i, engine))
     return systems
 
 
@@ -183,6 +195,7 @@ class Built:
 
     answer: Answer
     precision: str
+    engine: str | None = None  # what ran the project's model; None: a peer
 
 
 def build(system: System, work: Workload) -> Built:
@@ -196,6 +209,7 @@ def build(system: System, work: Workload) -> Built:
             work.model_dir,
             device=work.device,
             precision=system.precision,
+            engine=system.engine,
             **work.options.pipeline_kwargs(),
             length_config=system.length_config,
             batch_size=system.batch_size,
@@ -204,7 +218,7 @@ def build(system: System, work: Workload) -> Built:
         def project_answer(questions: list[str], contexts: list[str]) -> list[str]:
             return [best[0]["answer"] if best else "" for best in qa.run(questions, contexts).answers]
 
-        return Built(project_answer, system.precision)
+        return Built(project_answer, system.precision, qa.engine.name)
 
     import transformers
 

@@ -252,6 +252,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
                 revision=args.revision,
                 device=args.device,
                 precision=args.precision,
+                engine=args.engine,
                 actors=args.actors or 2,
                 threads_per_actor=args.threads_per_actor or 1,
                 address=None if args.ray == "local" else args.ray,
@@ -279,6 +280,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **result.summary(),
         "length_config": str(result.length_config or "full"),
         "precision": args.precision,
+        "engine": qa.engine.name,
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "predictions": str(args.predictions),
     }

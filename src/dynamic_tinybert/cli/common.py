@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .. import checkpoint
+from ..engines import ENGINES
 from ..length_config import LengthConfig, LengthConfigError
 from ..options import LENGTH_CHOICES, option_field, option_names, option_type
 from ..precision import PRECISIONS
@@ -115,6 +116,13 @@ def add_precision_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="fp32", help="encoder Linear layers: bf16 (native-bf16 CPUs) or int8"
     )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="what runs the model: torch (eager), onnxruntime (CPU, fp32 or int8), auto (onnxruntime for int8 on "
+        "the CPU where it is installed, else torch)",
+    )
 
 
 def add_answer_options(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None, **defaults) -> None:
@@ -163,7 +171,12 @@ def load_answerer(args: argparse.Namespace, **defaults):
     from ..pipeline import QuestionAnswerer
 
     return QuestionAnswerer.from_pretrained(
-        required_model(args), revision=args.revision, device=args.device, precision=args.precision, **defaults
+        required_model(args),
+        revision=args.revision,
+        device=args.device,
+        precision=args.precision,
+        engine=args.engine,
+        **defaults,
     )
 
 
@@ -172,7 +185,8 @@ def answerer_and_folder(args: argparse.Namespace):
     from ..pipeline import QuestionAnswerer
 
     directory = checkpoint.resolve(required_model(args), args.revision)
-    return QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision), directory
+    qa = QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision, engine=args.engine)
+    return qa, directory
 
 
 def output_folder(args: argparse.Namespace, directory: Path) -> Path:

@@ -240,6 +240,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         "questions": len(sample),
         "batch_size": args.batch_size,
         "precision": args.precision,
+        "engine": qa.engine.name,
     }
     frontier.save(output)
     print(f"latencies of {len(frontier.points)} frontier points measured here; written to {output / FRONTIER_FILE}")

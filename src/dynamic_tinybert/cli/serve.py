@@ -119,6 +119,7 @@ def serve_replicas(args: argparse.Namespace, settings: ServerSettings) -> int:
         revision=args.revision,
         device=args.device,
         precision=args.precision,
+        engine=args.engine,
         threads_per_replica=args.threads or 1,
         address=args.ray_address,
         name=model,

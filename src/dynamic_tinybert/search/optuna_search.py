@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 from ..frontier import Point
-from ..precision import precision_of
 from .candidates import Candidates
 
 SAMPLERS = ("nsga2", "tpe")
@@ -26,13 +25,16 @@ def study_name(candidates: Candidates, sampler: str, seed: int, population: int)
     identity = {
         "data": candidates.data_name,
         "cost": candidates.cost_name,
-        "precision": precision_of(candidates.evaluator.qa.model),
+        "precision": candidates.evaluator.qa.engine.precision,
         "latency_batch_size": candidates.latency_batch_size if candidates.cost_name == "latency" else None,
         "space": [space.num_layers, space.min_ratio, space.ratio_step, space.protect_question],
         "sampler": sampler,
         "population": population if sampler == "nsga2" else None,
         "seed": seed,
     }
+    engine = candidates.evaluator.qa.engine.name
+    if engine != "torch":  # named only where it is not torch, so that studies begun before engines still resume
+        identity["engine"] = engine
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return f"{sampler}-{candidates.cost_name}-seed{seed}-{digest}"
 

@@ -15,7 +15,6 @@ from ..fileio import atomic_write_text
 from ..frontier import Frontier, Point, spread
 from ..length_config import LengthConfig
 from ..pipeline import QuestionAnswerer
-from ..precision import precision_of
 from ..squad import SquadDataset
 from .candidates import Candidates
 from .evolution import EvolutionSettings, evolution_search
@@ -139,7 +138,8 @@ def search(
             "method": settings.method,
             "sampler": settings.sampler if settings.method == "optuna" else None,
             "cost": settings.cost,
-            "precision": precision_of(qa.model),
+            "precision": qa.engine.precision,
+            "engine": qa.engine.name,
             "seed": settings.seed,
             "data": data_name,
             "space": {"min_ratio": space.min_ratio, "ratio_step": space.ratio_step},

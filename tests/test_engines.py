@@ -1,0 +1,149 @@
+"""The engines: ONNX Runtime over the exported length-adaptive graph gives the eager model's logits and answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dynamic_tinybert import LengthConfig, QuestionAnswerer, checkpoint
+from dynamic_tinybert.engines import OnnxRuntimeEngine, TorchEngine, choose_engine
+from dynamic_tinybert.features import collate
+from dynamic_tinybert.onnx_export import export, quantize_int8
+
+from conftest import make_tiny_tokenizer, tiny_model
+
+pytest.importorskip("onnxruntime")
+
+CONFIGS = [
+    None,
+    LengthConfig.ratios((0.8, 0.5, 0.3), protect_question=True),
+    LengthConfig.ratios((1.0, 0.6, 0.6)),
+    LengthConfig.ratios((0.9, 0.9, 0.2), protect_question=True),
+]
+
+
+def random_window(length: int, vocab_size: int, generator: torch.Generator):
+    ids = torch.randint(5, vocab_size, (1, length), generator=generator)
+    types = (torch.arange(length) >= length // 3).long()[None]
+    return ids, types
+
+
+@pytest.mark.parametrize("selection", ["learned", "attention"])
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_onnx_runtime_fp32_gives_the_eager_logits_at_every_length_and_configuration(selection, config):
+    model = tiny_model(token_selection=selection)
+    engine = OnnxRuntimeEngine(model, "fp32", threads=1)
+    assert not any(module.training for module in model.modules())  # the export left the model as it found it
+    generator = torch.Generator().manual_seed(1)
+    for length in (2, 9, 40, 127):  # other lengths than the export's example, the shortest and the longest
+        ids, types = random_window(length, model.config.vocab_size, generator)
+        batch = collate([_Window(ids, types)])
+        expected = TorchEngine(model).logits(batch, config)
+        assert abs(engine.logits(batch, config) - expected).max() < 1e-4
+
+
+class _Window:
+    """Just what `collate` reads of a window."""
+
+    def __init__(self, ids: torch.Tensor, types: torch.Tensor) -> None:
+        self.length = ids.shape[1]
+        self.encoding = type("Encoding", (), {"ids": ids[0].tolist(), "type_ids": types[0].tolist()})()
+
+
+def test_the_engine_refuses_a_padded_batch():
+    engine = OnnxRuntimeEngine(tiny_model(), "fp32", threads=1)
+    generator = torch.Generator().manual_seed(0)
+    windows = [_Window(*random_window(n, 100, generator)) for n in (5, 8)]
+    with pytest.raises(ValueError, match="one unpadded window"):
+        engine.logits(collate(windows), None)
+
+
+def test_int8_quantises_the_encoder_projections_as_torch_does():
+    """All but the first feed-forward output; the token scorers and the span head stay fp32."""
+    model = tiny_model(token_selection="learned")
+    graph = onnx.load_from_string(quantize_int8(export(model)))
+    float_matmuls = {n.name for n in graph.graph.node if n.op_type == "MatMul"}
+    layers = model.config.num_hidden_layers
+    scorers = {"/token_scorer/MatMul"} | {f"/token_scorer_{i}/MatMul" for i in range(1, layers)}
+    assert {"/output/dense/MatMul", "/qa_outputs/MatMul"} | scorers <= float_matmuls
+    assert "/output/dense_1/MatMul" not in float_matmuls
+    assert sum(n.op_type == "MatMulInteger" for n in graph.graph.node) == 6 * layers - 1
+
+
+def test_int8_stays_close_to_fp32():
+    model = tiny_model(token_selection="learned")
+    fp32, int8 = OnnxRuntimeEngine(model, "fp32", threads=1), OnnxRuntimeEngine(model, "int8", threads=1)
+    generator = torch.Generator().manual_seed(2)
+    for config in CONFIGS:
+        batch = collate([_Window(*random_window(60, model.config.vocab_size, generator))])
+        exact, quantised = fp32.logits(batch, config), int8.logits(batch, config)
+        assert not np.array_equal(exact, quantised)  # it is quantised
+        assert abs(exact - quantised).max() < 0.1 * abs(exact).max()
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    directory = tmp_path / "tiny"
+    model = tiny_model(token_selection="learned", max_position_embeddings=384)
+    checkpoint.save_checkpoint(model, make_tiny_tokenizer(), directory)
+    return directory
+
+
+QUESTIONS = ["who won the super bowl?", "where does alice live?", "what city was bob born in?"]
+CONTEXTS = [
+    "the denver broncos won the super bowl in the year of the game, and the panthers lost it in london. " * 3,
+    "alice lives in paris with bob; bob was born in berlin, the capital of germany. " * 12,
+    "bob was born in rome, a city in italy; carol in oslo. " * 2,
+]
+
+
+@pytest.mark.parametrize("options", [{}, {"length_config": CONFIGS[1]}, {"length_config": CONFIGS[3], "top_k": 3}])
+def test_the_answerer_on_onnx_runtime_answers_as_on_torch(tiny_dir, options):
+    """Many windows (the second context overflows its window), batched on torch, one by one on ONNX Runtime."""
+    eager = QuestionAnswerer.from_pretrained(tiny_dir, engine="torch", batch_size=4, max_seq_len=64, doc_stride=16)
+    exported = QuestionAnswerer.from_pretrained(
+        tiny_dir, engine="onnxruntime", batch_size=4, max_seq_len=64, doc_stride=16
+    )
+    assert (eager.engine.name, exported.engine.name) == ("torch", "onnxruntime")
+    windows = eager.windows(QUESTIONS, CONTEXTS)
+    assert len(windows) > len(QUESTIONS)
+    config = options.get("length_config")
+    for a, b in zip(eager.logits(windows, config, 4)[0], exported.logits(windows, config, 4)[0]):
+        assert a.shape == b.shape and abs(a - b).max() < 1e-4
+    expected = eager(question=QUESTIONS, context=CONTEXTS, **options)
+    got = exported(question=QUESTIONS, context=CONTEXTS, **options)
+    flat = lambda answers: [a for group in answers for a in (group if isinstance(group, list) else [group])]  # noqa: E731
+    for a, b in zip(flat(got), flat(expected), strict=True):
+        assert {**a, "score": 0} == {**b, "score": 0} and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_auto_picks_onnx_runtime_for_int8_on_the_cpu_only():
+    assert choose_engine("auto", "int8", "cpu") == "onnxruntime"
+    assert choose_engine("auto", "fp32", "cpu") == "torch"
+    assert choose_engine("auto", "bf16", "cpu") == "torch"
+    assert choose_engine("auto", "bf16", "cuda") == "torch"
+    assert choose_engine("onnxruntime", "fp32", "cpu") == "onnxruntime"
+
+
+@pytest.mark.parametrize(
+    "engine, precision, device, message",
+    [
+        ("tensorrt", "fp32", "cpu", "engine must be one of auto, torch, onnxruntime"),
+        ("onnxruntime", "bf16", "cpu", "runs fp32 or int8, not bf16"),
+        ("onnxruntime", "fp32", "cuda", "CPU only"),
+    ],
+)
+def test_an_engine_that_cannot_run_is_refused_before_loading(tiny_dir, engine, precision, device, message):
+    with pytest.raises(ValueError, match=message):
+        QuestionAnswerer.from_pretrained(tiny_dir, engine=engine, precision=precision, device=device)
+
+
+def test_int8_from_pretrained_runs_on_onnx_runtime_and_keeps_the_fp32_model_for_explain(tiny_dir):
+    qa = QuestionAnswerer.from_pretrained(tiny_dir, precision="int8")
+    assert (qa.engine.name, qa.engine.precision) == ("onnxruntime", "int8")
+    assert next(qa.model.parameters()).dtype == torch.float32
+    answer = qa(question=QUESTIONS[0], context=CONTEXTS[0])
+    assert CONTEXTS[0][answer["start"] : answer["end"]] == answer["answer"]
+    assert qa.explain(QUESTIONS[0], CONTEXTS[0]).kept  # explain traces the eager model
