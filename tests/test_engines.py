@@ -52,12 +52,20 @@ class _Window:
         self.encoding = type("Encoding", (), {"ids": ids[0].tolist(), "type_ids": types[0].tolist()})()
 
 
-def test_the_engine_refuses_a_padded_batch():
-    engine = OnnxRuntimeEngine(tiny_model(), "fp32", threads=1)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_padded_batch_gives_each_window_its_own_logits(threads):
+    """Each row runs unpadded (one by one, or side by side on one thread each); padded positions get 0."""
+    model = tiny_model(token_selection="learned")
+    engine = OnnxRuntimeEngine(model, "fp32", threads=threads)
     generator = torch.Generator().manual_seed(0)
-    windows = [_Window(*random_window(n, 100, generator)) for n in (5, 8)]
-    with pytest.raises(ValueError, match="one unpadded window"):
-        engine.logits(collate(windows), None)
+    windows = [_Window(*random_window(n, model.config.vocab_size, generator)) for n in (5, 30, 17)]
+    for config in CONFIGS:
+        together = engine.logits(collate(windows), config)
+        for row, window in enumerate(windows):
+            alone = engine.logits(collate([window]), config)[:, 0]
+            assert abs(together[:, row, : window.length] - alone).max() < 1e-5
+            assert not together[:, row, window.length :].any()
+            assert abs(alone - TorchEngine(model).logits(collate([window]), config)[:, 0]).max() < 1e-4
 
 
 def test_int8_quantises_the_encoder_projections_as_torch_does():

@@ -1,11 +1,13 @@
 """Where the model runs: eager torch, or ONNX Runtime over the exported length-adaptive graph.
 
 Both take a batch of windows and a length configuration and return their start and end logits, so that
-`QuestionAnswerer` answers the same way on either. Eager torch runs any device, precision and batch size.
-ONNX Runtime runs on the CPU in fp32 or int8, one window per call: the graph (`onnx_export.py`) has no
-padding to mask, and a call costs little next to a window. Its fp32 gives torch's logits (within 1e-6 or so);
-its int8 is ONNX Runtime's own dynamic quantisation, which on CPUs with VNNI runs faster than the eager int8
-and bf16 paths (docs/experiments/onnx-adaptive-encoder.md).
+`QuestionAnswerer` answers the same way on either. Eager torch runs any device and precision, a batch at a time.
+ONNX Runtime runs on the CPU in fp32 or int8, one unpadded window per call (the graph, `onnx_export.py`, has no
+padding to mask): a lone window gets every thread, and the windows of a batch run side by side, one thread
+each, which keeps every core busy through the graph's many small operators where splitting each of them
+across threads does not. Its fp32 gives torch's logits (within 1e-5 or so); its int8 is ONNX Runtime's own
+dynamic quantisation, which on CPUs with VNNI runs faster than the eager int8 and bf16 paths
+(docs/experiments/onnx-engine.md).
 
 `auto`, the default, picks ONNX Runtime for int8 on the CPU where onnxruntime is installed (the `onnx`
 extra), and eager torch otherwise.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -33,7 +36,6 @@ INSTALL_HINT = 'pip install -c constraints.txt -e ".[onnx]"'
 class Engine(Protocol):
     name: str
     precision: str
-    max_batch: int | None  # windows per call; None: any number
 
     def logits(self, batch: Batch, length_config: LengthConfig | None) -> np.ndarray:
         """Start and end logits (2, B, T) of a batch's windows, fp32, padded positions included."""
@@ -44,7 +46,6 @@ class TorchEngine:
     """The model's own forward pass, in the precision `with_precision` gave it."""
 
     name = "torch"
-    max_batch = None
 
     def __init__(self, model: BertForQuestionAnswering) -> None:
         self.model = model
@@ -63,10 +64,10 @@ class TorchEngine:
 
 
 class OnnxRuntimeEngine:
-    """The exported length-adaptive graph on ONNX Runtime's CPU provider, one window per call."""
+    """The exported length-adaptive graph on ONNX Runtime's CPU provider, one window per call: a lone window on
+    every thread, a batch's windows side by side on one thread each."""
 
     name = "onnxruntime"
-    max_batch = 1
 
     def __init__(self, model: BertForQuestionAnswering, precision: str = "fp32", threads: int | None = None) -> None:
         import onnxruntime
@@ -84,24 +85,39 @@ class OnnxRuntimeEngine:
                 graph = quantize_int8(graph)
             finally:
                 logging.disable(logging.NOTSET)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        threads = threads or torch.get_num_threads()
+
+        def session(threads: int):
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+        self.session = session(threads)  # a lone window
+        self.side_by_side = None if threads == 1 else (session(1), ThreadPoolExecutor(threads, "onnxruntime"))
 
     def logits(self, batch: Batch, length_config: LengthConfig | None) -> np.ndarray:
-        if batch.input_ids.shape[0] != 1 or not bool(batch.attention_mask.all()):
-            raise ValueError("the onnxruntime engine takes one unpadded window per call")
         real = batch.attention_mask.sum(dim=1)
         full = is_full_length(length_config)
-        keep = real.repeat(self.layers) if full else length_config.keep_counts(real)[0]
-        feed = {
-            "input_ids": batch.input_ids.numpy(),
-            "token_type_ids": batch.token_type_ids.numpy(),
-            "keep": keep.numpy(),
-            "protect_question": np.array(not full and length_config.protect_question),
-        }
-        return self.session.run(None, feed)[0][:, None, :]  # (2, 1, T)
+        keep = real[:, None].repeat(1, self.layers) if full else length_config.keep_counts(real)
+        protect = np.array(not full and length_config.protect_question)
+        feeds = [
+            {
+                "input_ids": batch.input_ids[row, :n].numpy()[None],
+                "token_type_ids": batch.token_type_ids[row, :n].numpy()[None],
+                "keep": keep[row].numpy(),
+                "protect_question": protect,
+            }
+            for row, n in enumerate(real.tolist())
+        ]
+        if len(feeds) == 1 or self.side_by_side is None:
+            outputs = [self.session.run(None, feed)[0] for feed in feeds]
+        else:
+            session, pool = self.side_by_side
+            outputs = list(pool.map(lambda feed: session.run(None, feed)[0], feeds))
+        logits = np.zeros((2, *batch.input_ids.shape), dtype=np.float32)  # padded positions: 0
+        for row, out in enumerate(outputs):
+            logits[:, row, : out.shape[1]] = out
+        return logits
 
 
 def has_onnxruntime() -> bool:

@@ -287,7 +287,7 @@ class QuestionAnswerer:
         longest = max((w.length for w in windows), default=0)
         logits = np.zeros((2, len(windows), longest), dtype=np.float32)  # start, end
         index = {id(w): i for i, w in enumerate(windows)}
-        for batch in batches(windows, min(batch_size, self.engine.max_batch or batch_size), self.pad_id):
+        for batch in batches(windows, batch_size, self.pad_id):
             both = self.engine.logits(batch, length_config)  # (2, B, T)
             rows = [index[id(window)] for window in batch.windows]
             logits[:, rows, : both.shape[2]] = both
