@@ -7,29 +7,55 @@ attention mask, and every layer selects (keeping all its tokens where the count 
 
 The export is made in memory when a model is loaded and never read from a file: weights only ever come from
 the checkpoint. int8 is ONNX Runtime's dynamic quantisation of the export (int8 weights per output channel,
-activations quantised as each call runs), with the first layer's feed-forward output projection kept in fp32,
-as the eager int8 path keeps it in higher precision (docs/experiments/int8-layers.md).
+activations quantised as each call runs).
 """
 
 from __future__ import annotations
 
 import io
-import re
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .model import RANK_QUESTION, RANK_TOKEN, BertForQuestionAnswering, restore, select_tokens, token_ranks
+from .model import (
+    RANK_QUESTION,
+    RANK_TOKEN,
+    BertAttention,
+    BertForQuestionAnswering,
+    restore,
+    select_tokens,
+    token_ranks,
+)
 
 INPUTS = ("input_ids", "token_type_ids", "keep", "protect_question")
 OPSET = 17
-# the exporter names layer i's nodes by module path, with a suffix from the second layer on ("_1", ...)
-ENCODER_PROJECTION = re.compile(
-    r"/(attention/self/(query|key|value)|attention/output/dense|(intermediate|output)/dense)(_\d+)?/MatMul"
-)
+
+
+class FusedAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(head size)) v over `num_heads` heads, (1, T, H) each; exported as ONNX Runtime's
+    MultiHeadAttention, one CPU kernel in place of a dozen reshapes, transposes and matmuls per layer."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+        B, T, H = q.shape
+        heads = [x.view(B, T, num_heads, H // num_heads).transpose(1, 2) for x in (q, k, v)]
+        return F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(B, T, H)
+
+    @staticmethod
+    def symbolic(g, q, k, v, num_heads: int):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=num_heads)
+        out.setType(q.type())
+        return out
+
+
+def attend(attention: BertAttention, x: torch.Tensor) -> torch.Tensor:
+    """`BertAttention` over one unpadded window, its core fused (`FusedAttention`)."""
+    s = attention.self
+    return attention.output(FusedAttention.apply(s.query(x), s.key(x), s.value(x), s.num_heads), x)
 
 
 class AdaptiveWindowGraph(nn.Module):
@@ -52,7 +78,10 @@ class AdaptiveWindowGraph(nn.Module):
         positions = torch.ones_like(input_ids).cumsum(dim=1) - 1  # (1, K) original index of each slot
         restored = torch.zeros_like(x)
         for i, layer in enumerate(bert.encoder.layer):
-            attended, scores = layer.attention(x, mask, need_scores=layer.token_scorer is None)
+            if layer.token_scorer is None:  # attention ranking needs the scores themselves
+                attended, scores = layer.attention(x, mask, need_scores=True)
+            else:
+                attended, scores = attend(layer.attention, x), None
             significance = layer.significance(attended, scores, mask)
             kept = torch.minimum(keep[i : i + 1], mask.sum(dim=1))  # (1,)
             index, mask = select_tokens(significance, mask, rank, kept)
@@ -85,32 +114,38 @@ def export(model: BertForQuestionAnswering) -> bytes:
             output_names=["logits"],
             dynamic_axes={"input_ids": {1: "tokens"}, "token_type_ids": {1: "tokens"}, "logits": {1: "tokens"}},
             opset_version=OPSET,
+            custom_opsets={"com.microsoft": 1},
             dynamo=False,
         )
     return buffer.getvalue()
 
 
 def quantize_int8(graph: bytes) -> bytes:
-    """ONNX Runtime's dynamic int8 of an exported graph: the encoder's projections with per-channel int8 weights,
-    as on torch (`precision.py`): the token scorers, which decide which tokens survive, the span head and the first
-    feed-forward output projection (whose inputs have a few very large activations) stay fp32."""
+    """ONNX Runtime's dynamic int8 of an exported graph: every encoder projection with per-channel int8 weights.
+    The token scorers, which decide which tokens survive, and the span head stay fp32, as on torch
+    (`precision.py`). Unlike torch's int8, the first feed-forward output projection is quantised too: here
+    that cost no F1 and saved a tenth of the time (docs/experiments/onnx-engine.md)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     proto = onnx.load_from_string(graph)
-    projections = [n.name for n in proto.graph.node if n.op_type == "MatMul" and ENCODER_PROJECTION.fullmatch(n.name)]
-    if len(projections) != 6 * layers(proto):
-        raise RuntimeError(f"expected six projections per layer in the export, found {projections}")
-    first_feed_forward_output = next(name for name in projections if name.startswith("/output/dense"))
-    quantised = [name for name in projections if name != first_feed_forward_output]
+    shapes = {w.name: tuple(w.dims) for w in proto.graph.initializer}
+    # a projection multiplies by a weight (an initializer, in x out) with more outputs than the scorers' 1 and
+    # the span head's 2
+    projections = [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "MatMul" and len(shapes.get(n.input[1], ())) == 2 and shapes[n.input[1]][1] > 2
+    ]
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(graph)
-        quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8, nodes_to_quantize=quantised)
+        quantize_dynamic(
+            source,
+            target,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=projections,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # ONNX's shape inference skips contrib ops
+        )
         return target.read_bytes()
-
-
-def layers(proto) -> int:
-    """How many encoder layers an exported graph has: the length of its `keep` input."""
-    keep = next(i for i in proto.graph.input if i.name == "keep")
-    return keep.type.tensor_type.shape.dim[0].dim_value
