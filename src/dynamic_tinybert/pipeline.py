@@ -300,7 +300,8 @@ class QuestionAnswerer:
 
     def explain(self, question: str, context: str, **options) -> Explanation:
         """Answer one question as a call with these options does, each window run alone with the model's trace,
-        and say what each layer kept in the window that holds the best answer (see `explain`)."""
+        and say what each layer kept in the window that holds the best answer (see `explain`). The trace needs
+        the eager model: under the onnxruntime engine that is the fp32 one."""
         opts = self.options(**options)
         windows = self._windows([question], [context], opts)
         length_config = self.length_config_for(opts, tokens_per_question(windows, 1))
