@@ -10,8 +10,9 @@ from dynamic_tinybert import LengthConfig, QuestionAnswerer, checkpoint
 from dynamic_tinybert.engines import OnnxRuntimeEngine, TorchEngine, choose_engine
 from dynamic_tinybert.features import collate
 from dynamic_tinybert.onnx_export import export, quantize_int8
+from dynamic_tinybert.squad import load_squad
 
-from conftest import make_tiny_tokenizer, tiny_model
+from conftest import SAMPLE_V11, make_tiny_tokenizer, tiny_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -154,3 +155,17 @@ def test_int8_from_pretrained_runs_on_onnx_runtime_and_keeps_the_fp32_model_for_
     answer = qa(question=QUESTIONS[0], context=CONTEXTS[0])
     assert CONTEXTS[0][answer["start"] : answer["end"]] == answer["answer"]
     assert qa.explain(QUESTIONS[0], CONTEXTS[0]).kept  # explain traces the eager model
+
+
+@pytest.mark.slow
+def test_the_shipped_model_on_onnx_runtime_gives_the_eager_answers_on_the_dev_sample_under_every_budget():
+    """fp32: the same answers (text and offsets) as eager torch, at full length and at every frontier point."""
+    eager = QuestionAnswerer.from_pretrained(engine="torch")
+    exported = QuestionAnswerer.from_pretrained(engine="onnxruntime")
+    questions = load_squad(SAMPLE_V11).questions[:60]
+    inputs = [{"question": q.question, "context": q.context} for q in questions]
+    for budget in [None, *(p.macs_ratio for p in eager.frontier.points)]:
+        expected, got = eager(inputs, budget=budget), exported(inputs, budget=budget)
+        for a, b in zip(got, expected, strict=True):
+            assert (a["answer"], a["start"], a["end"]) == (b["answer"], b["start"], b["end"])
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
