@@ -13,6 +13,7 @@ activations quantised as each call runs).
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -123,8 +124,8 @@ def export(model: BertForQuestionAnswering) -> bytes:
 def quantize_int8(graph: bytes) -> bytes:
     """ONNX Runtime's dynamic int8 of an exported graph: every encoder projection with per-channel int8 weights.
     The token scorers, which decide which tokens survive, and the span head stay fp32, as on torch
-    (`precision.py`). Unlike torch's int8, the first feed-forward output projection is quantised too: here
-    that cost no F1 and saved a tenth of the time (docs/experiments/onnx-engine.md)."""
+    (`precision.py`). Unlike torch's int8, the first feed-forward output projection is quantised too; why, and
+    what finer schemes were tried: docs/experiments/onnx-engine.md."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -140,12 +141,16 @@ def quantize_int8(graph: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(graph)
-        quantize_dynamic(
-            source,
-            target,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            nodes_to_quantize=projections,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # ONNX's shape inference skips contrib ops
-        )
+        logging.disable(logging.WARNING)  # the quantiser's advice to pre-process first, logged on the root logger
+        try:
+            quantize_dynamic(
+                source,
+                target,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=projections,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # shape inference skips contrib ops
+            )
+        finally:
+            logging.disable(logging.NOTSET)
         return target.read_bytes()

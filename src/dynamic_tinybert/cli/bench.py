@@ -24,8 +24,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--systems",
         type=lambda text: [name for name in text.split(",") if name.strip()],
         help="comma-separated KIND[:OPTION...][@BATCH], e.g. project:frontier@32,project:int8@1,transformers@32 "
-        "(default: full length, every frontier point, bf16, int8, the pipeline, ONNX Runtime and OpenVINO at batch 1 "
-        "and 32, ONNX Runtime int8 at 32, OpenVINO also at 8 and in fp32 at 1)",
+        "(default: full length, every frontier point, bf16, int8 on torch and on ONNX Runtime (every frontier point "
+        "too), the pipeline, ONNX Runtime and OpenVINO at batch 1 and 32, ONNX Runtime int8 at 1 and 32, OpenVINO "
+        "also at 8 and in fp32 at 1)",
     )
     bench.add_argument(
         "--max-answer-len", type=positive_int, default=30, help="longest answer in tokens, for every system"
