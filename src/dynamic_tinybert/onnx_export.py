@@ -96,7 +96,6 @@ class AdaptiveWindowGraph(nn.Module):
 
 def export(model: BertForQuestionAnswering) -> bytes:
     """The fp32 model as a serialised ONNX graph (`AdaptiveWindowGraph`), its length dynamic."""
-    model = model.float().cpu() if next(model.parameters()).dtype != torch.float32 else model
     layers = model.config.num_hidden_layers
     # question tokens (type 0) and protection on, so that the trace keeps the branch that caps them
     ids = torch.full((1, 12), min(100, model.config.vocab_size - 1), dtype=torch.long)

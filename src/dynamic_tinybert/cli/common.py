@@ -168,25 +168,22 @@ def required_model(args: argparse.Namespace) -> str:
 
 def load_answerer(args: argparse.Namespace, **defaults):
     """The model of --model, in --precision; `defaults` are options every call gets unless it overrides them."""
-    from ..pipeline import QuestionAnswerer
-
-    return QuestionAnswerer.from_pretrained(
-        required_model(args),
-        revision=args.revision,
-        device=args.device,
-        precision=args.precision,
-        engine=args.engine,
-        **defaults,
-    )
+    return _answerer(args, required_model(args), revision=args.revision, **defaults)
 
 
 def answerer_and_folder(args: argparse.Namespace):
     """The model of --model, in --precision, with its local folder: search, sweep and calibrate write there."""
+    directory = checkpoint.resolve(required_model(args), args.revision)
+    return _answerer(args, directory), directory
+
+
+def _answerer(args: argparse.Namespace, model, **settings):
+    """`QuestionAnswerer.from_pretrained` with what --device, --precision and --engine say runs it."""
     from ..pipeline import QuestionAnswerer
 
-    directory = checkpoint.resolve(required_model(args), args.revision)
-    qa = QuestionAnswerer.from_pretrained(directory, device=args.device, precision=args.precision, engine=args.engine)
-    return qa, directory
+    return QuestionAnswerer.from_pretrained(
+        model, device=args.device, precision=args.precision, engine=args.engine, **settings
+    )
 
 
 def output_folder(args: argparse.Namespace, directory: Path) -> Path:
