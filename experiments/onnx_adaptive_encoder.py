@@ -27,7 +27,7 @@ import torch
 from dynamic_tinybert import QuestionAnswerer, checkpoint
 from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result
 from dynamic_tinybert.features import collate
-from dynamic_tinybert.onnx_export import export
+from dynamic_tinybert.onnx_export import export, window_feed
 from dynamic_tinybert.squad import f1_score, load_squad
 
 
@@ -74,12 +74,8 @@ def main() -> None:
         batch = collate([window], qa.pad_id)
         real = torch.tensor([window.length])
         keep = real.repeat(layers) if config is None else config.keep_counts(real)[0]
-        return batch, {
-            "input_ids": batch.input_ids.numpy(),
-            "token_type_ids": batch.token_type_ids.numpy(),
-            "keep": keep.numpy(),
-            "protect_question": np.array(config is not None and config.protect_question),
-        }
+        protect = config is not None and config.protect_question
+        return batch, window_feed(batch.input_ids[0], batch.token_type_ids[0], keep, protect)
 
     opts = qa.options()
     contexts = [q.context for q in questions]

@@ -16,13 +16,12 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 
 from dynamic_tinybert import QuestionAnswerer, checkpoint
 from dynamic_tinybert.benchmark.results import add_data_arg, add_run_args, parse_args, script_parser, show_result
 from dynamic_tinybert.features import collate
-from dynamic_tinybert.onnx_export import export, quantize_int8
+from dynamic_tinybert.onnx_export import export, quantize_int8, window_feed
 from dynamic_tinybert.squad import load_squad
 
 
@@ -60,14 +59,8 @@ def main() -> None:
             batch = collate([window])
             real = torch.tensor([window.length])
             keep = real.repeat(qa.model.config.num_hidden_layers) if config is None else config.keep_counts(real)[0]
-            feeds.append(
-                {
-                    "input_ids": batch.input_ids.numpy(),
-                    "token_type_ids": batch.token_type_ids.numpy(),
-                    "keep": keep.numpy(),
-                    "protect_question": np.array(config is not None and config.protect_question),
-                }
-            )
+            protect = config is not None and config.protect_question
+            feeds.append(window_feed(batch.input_ids[0], batch.token_type_ids[0], keep, protect))
         for way, threads, workers, spinning in ways:
             run = session(threads, spinning).run
             for feed in feeds[:10]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dynamic_tinybert import LengthConfig, QuestionAnswerer, checkpoint
 from dynamic_tinybert.engines import OnnxRuntimeEngine, TorchEngine, choose_engine
 from dynamic_tinybert.features import collate
-from dynamic_tinybert.onnx_export import export, quantize_int8
+from dynamic_tinybert.model import RANK_QUESTION, select_tokens, token_ranks
+from dynamic_tinybert.onnx_export import export, quantize_int8, select_in_window, window_feed
 from dynamic_tinybert.squad import load_squad
 
 from conftest import SAMPLE_V11, make_tiny_tokenizer, tiny_model
@@ -22,6 +25,7 @@ CONFIGS = [
     LengthConfig.ratios((0.8, 0.5, 0.3), protect_question=True),
     LengthConfig.ratios((1.0, 0.6, 0.6)),
     LengthConfig.ratios((0.9, 0.9, 0.2), protect_question=True),
+    LengthConfig.tokens((30, 12, 5)),  # counts over the window's length, for the shortest windows
 ]
 
 
@@ -51,6 +55,41 @@ class _Window:
     def __init__(self, ids: torch.Tensor, types: torch.Tensor) -> None:
         self.length = ids.shape[1]
         self.encoding = type("Encoding", (), {"ids": ids[0].tolist(), "type_ids": types[0].tolist()})()
+
+
+@st.composite
+def windows_to_select_in(draw):
+    """A window's significance (few distinct values, so ties are common), token types, a keep count and
+    whether question tokens are protected."""
+    length = draw(st.integers(1, 40))
+    significance = draw(st.lists(st.sampled_from([-2.0, -0.5, 0.0, 0.5, 3.0]), min_size=length, max_size=length))
+    types = draw(st.lists(st.integers(0, 1), min_size=length, max_size=length))
+    return torch.tensor(significance), torch.tensor(types), draw(st.integers(1, length)), draw(st.booleans())
+
+
+@given(windows_to_select_in())
+@settings(max_examples=300, deadline=None)
+def test_the_graphs_selection_keeps_what_the_eager_selection_keeps(case):
+    """`select_in_window` (one window, a few operators) against `model.select_tokens` (batched sorts), ties and
+    protected question tokens included."""
+    significance, types, keep, protect = case
+    mask = torch.ones(1, len(types), dtype=torch.bool)
+    rank = token_ranks(mask, types[None], protect_question=protect)
+    expected, _ = select_tokens(significance[None], mask, rank, torch.tensor([keep]))
+    question = (token_ranks(mask, types[None], protect_question=True) == RANK_QUESTION)[0]
+    first = torch.arange(len(types)) == 0
+    keep_question = torch.tensor(keep // 2 if protect else 0)
+    index = select_in_window(significance, question, first, torch.tensor(keep), keep_question)
+    assert index.tolist() == expected[0].tolist()
+
+
+def test_a_window_feed_protects_half_of_each_layers_tokens_for_the_question_or_none():
+    keep = LengthConfig.ratios((1.0, 0.5, 0.3)).keep_counts(torch.tensor([10]))[0]
+    protected = window_feed(torch.arange(10), torch.zeros(10, dtype=torch.long), keep, True)
+    assert protected["input_ids"].shape == (1, 10) and protected["keep"].tolist() == [10, 5, 3]
+    assert protected["keep_question"].tolist() == [5, 2, 1]
+    unprotected = window_feed(torch.arange(10), torch.zeros(10, dtype=torch.long), keep, False)
+    assert unprotected["keep_question"].tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -295,21 +295,15 @@ def select_tokens(
     order = by_significance.gather(1, by_rank)  # (B, T) best first
     position_in_order = torch.empty_like(order).scatter_(1, order, torch.arange(T, device=mask.device).expand(B, T))
     kept = position_in_order < keep[:, None]  # (B, T)
-    # kept tokens first, each group in original order (keys are unique, so the order is exact); K a tensor, not an
-    # int, so that an exported graph (onnx_export.py) keeps it an input's function rather than a constant
-    key = (~kept) * T + torch.arange(T, device=mask.device)
-    index = key.topk(keep.max(), dim=1, largest=False).indices  # (B, K)
-    new_mask = torch.ones_like(index).cumsum(dim=1) <= keep[:, None]  # (B, K)
+    K = int(keep.max())
+    # kept tokens first, each group in original order (keys are unique, so the sort is exact)
+    index = ((~kept) * T + torch.arange(T, device=mask.device)).argsort(dim=1)[:, :K]  # (B, K)
+    new_mask = torch.arange(K, device=mask.device)[None, :] < keep[:, None]  # (B, K)
     return index, new_mask
 
 
 def argsort_descending(values: torch.Tensor) -> torch.Tensor:
-    """The indices that sort each row of `values` (B, T) largest first, equal values in index order.
-
-    ONNX's TopK breaks ties so too, and the ONNX exporter has no stable sort, so an export uses it.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return values.topk(values.shape[1], dim=1).indices
+    """The indices that sort each row of `values` (B, T) largest first, equal values in index order."""
     return values.argsort(dim=1, descending=True, stable=True)
 
 
@@ -317,7 +311,7 @@ def restore(buffer: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor)
     """Write each current token's hidden state (B, K, H) back to its original position in buffer (B, T+1, H).
 
     positions (B, K) holds original indices; slots that carry no token point at the spare last row T. Whole rows
-    are written (an export's ScatterND copies rows; a scatter of every element indexes each one).
+    are written, not every element indexed on its own.
     """
     rows = torch.ones_like(positions).cumsum(dim=0) - 1  # (B, K) each slot's input
     return buffer.index_put((rows, positions), hidden)

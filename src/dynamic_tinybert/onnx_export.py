@@ -1,9 +1,11 @@
 """The length-adaptive model as one ONNX graph whose per-layer keep counts are inputs, for ONNX Runtime.
 
 One exported graph serves every length configuration and budget: the counts a `LengthConfig` gives a window
-are fed with its tokens, and the graph selects, gathers and restores tokens itself, with the same functions
-the eager encoder uses (`select_tokens`, `restore`). It takes one unpadded window at a time, so it needs no
-attention mask, and every layer selects (keeping all its tokens where the count says so).
+are fed with its tokens (`window_feed`), and the graph selects, gathers and restores tokens itself. It takes
+one unpadded window at a time, so it needs no attention mask, and every layer selects (keeping all its tokens
+where the count says so). The selection is the eager encoder's (`model.select_tokens`, the tests hold the two
+equal), written for one window: the batched form's sorts, scatters and padding would add about a hundred
+small operators to every layer.
 
 The export is made in memory when a model is loaded and never read from a file: weights only ever come from
 the checkpoint. int8 is ONNX Runtime's dynamic quantisation of the export (int8 weights per output channel,
@@ -14,25 +16,19 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import (
-    RANK_QUESTION,
-    RANK_TOKEN,
-    BertAttention,
-    BertForQuestionAnswering,
-    restore,
-    select_tokens,
-    token_ranks,
-)
+from .model import RANK_QUESTION, BertAttention, BertForQuestionAnswering, token_ranks
 
-INPUTS = ("input_ids", "token_type_ids", "keep", "protect_question")
+INPUTS = ("input_ids", "token_type_ids", "keep", "keep_question")
 OPSET = 17
 
 
@@ -49,7 +45,7 @@ class FusedAttention(torch.autograd.Function):
     @staticmethod
     def symbolic(g, q, k, v, num_heads: int):
         out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=num_heads)
-        out.setType(q.type())
+        out.setType(q.type().with_sizes([None, None, None]))  # its length differs layer to layer
         return out
 
 
@@ -59,9 +55,40 @@ def attend(attention: BertAttention, x: torch.Tensor) -> torch.Tensor:
     return attention.output(FusedAttention.apply(s.query(x), s.key(x), s.value(x), s.num_heads), x)
 
 
+def select_in_window(
+    significance: torch.Tensor,
+    question: torch.Tensor,
+    first: torch.Tensor,
+    keep: torch.Tensor,
+    keep_question: torch.Tensor,
+) -> torch.Tensor:
+    """The tokens a layer keeps of one unpadded window, as indices (K,) in their original order: the choice
+    `model.select_tokens` makes for it, in a handful of operators instead of its batched sorts and scatters.
+
+    significance (T,), finite; question (T,) the question tokens ([CLS] not among them); first (T,) [CLS];
+    keep () tokens to keep, keep_question () how many of the most significant question tokens are protected
+    (`keep // 2`, or 0). [CLS] and the protected question tokens rank above the rest and never fill every kept
+    slot, so they are simply kept; the rest are the most significant others, equal ones in index order (as
+    TopK breaks ties, and as the eager stable sort does).
+    """
+    by_question = top_indices(torch.where(question, significance, -math.inf), keep_question)
+    protected = torch.zeros_like(question).scatter(0, by_question, torch.ones_like(by_question, dtype=torch.bool))
+    forced = (protected & question) | first
+    return top_indices(torch.where(forced, math.inf, significance), keep).sort().values
+
+
+def top_indices(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The indices of the `k` largest of `values` (T,), equal values in index order: as ONNX's TopK breaks ties,
+    and, eagerly, where `torch.topk` promises no order, as a stable sort does."""
+    if torch.onnx.is_in_onnx_export():
+        return values.topk(k).indices
+    return values.argsort(descending=True, stable=True)[:k]
+
+
 class AdaptiveWindowGraph(nn.Module):
-    """The model over one unpadded window: (ids (1, T), types (1, T), keep (L,), protect_question ()) -> (2, T)
-    start and end logits. `keep[i]` is how many tokens layer i keeps (at most those it is given)."""
+    """The model over one unpadded window: (ids (1, T), types (1, T), keep (L,), keep_question (L,)) -> (2, T)
+    start and end logits. Layer i keeps `keep[i]` of the tokens it is given (at most those), `keep_question[i]`
+    of them protected question tokens; `window_feed` makes these inputs."""
 
     def __init__(self, model: BertForQuestionAnswering) -> None:
         super().__init__()
@@ -69,38 +96,53 @@ class AdaptiveWindowGraph(nn.Module):
         self.eval()  # the export puts a module back in the mode it found it in, and its children with it
 
     def forward(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, keep: torch.Tensor, protect_question: torch.Tensor
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, keep: torch.Tensor, keep_question: torch.Tensor
     ) -> torch.Tensor:
         bert = self.model.bert
         mask = torch.ones_like(input_ids, dtype=torch.bool)  # (1, T): every token real
-        rank = token_ranks(mask, token_type_ids, protect_question=True)
-        rank = torch.where(protect_question | (rank != RANK_QUESTION), rank, RANK_TOKEN)
+        question = (token_ranks(mask, token_type_ids, protect_question=True) == RANK_QUESTION)[0]  # (T,)
         x = bert.embeddings(input_ids, token_type_ids)  # (1, T, H)
-        positions = torch.ones_like(input_ids).cumsum(dim=1) - 1  # (1, K) original index of each slot
-        restored = torch.zeros_like(x)
+        positions = torch.ones_like(input_ids[0]).cumsum(dim=0) - 1  # (K,) original index of each token
+        restored = torch.zeros_like(x[0])  # (T, H)
         for i, layer in enumerate(bert.encoder.layer):
             if layer.token_scorer is None:  # attention ranking needs the scores themselves
                 attended, scores = layer.attention(x, mask, need_scores=True)
+                significance = layer.significance(attended, scores, mask)[0]
             else:
-                attended, scores = attend(layer.attention, x), None
-            significance = layer.significance(attended, scores, mask)
-            kept = torch.minimum(keep[i : i + 1], mask.sum(dim=1))  # (1,)
-            index, mask = select_tokens(significance, mask, rank, kept)
-            restored = restore(restored, x, positions)  # dropped tokens keep this layer's input
-            attended = attended.gather(1, index.unsqueeze(-1).expand(-1, -1, attended.shape[-1]))
-            positions, rank = positions.gather(1, index), rank.gather(1, index)
+                attended = attend(layer.attention, x)
+                significance = layer.significance(attended, None, mask)[0]
+            index = select_in_window(significance, question, positions == 0, keep[i], keep_question[i])
+            restored = restored.index_put((positions,), x[0])  # dropped tokens keep this layer's input
+            attended = attended.index_select(1, index)
+            positions, question = positions.index_select(0, index), question.index_select(0, index)
+            mask = mask.index_select(1, index)
             x = layer.feed_forward(attended)
-        hidden = restore(restored, x, positions)
-        return self.model.qa_outputs(hidden)[0].t()
+        hidden = restored.index_put((positions,), x[0])
+        return self.model.qa_outputs(hidden).t()
+
+
+def window_feed(
+    input_ids: torch.Tensor, token_type_ids: torch.Tensor, keep: torch.Tensor, protect_question: bool
+) -> dict[str, np.ndarray]:
+    """The graph's inputs for one unpadded window (T,) whose layers keep `keep` (L,) tokens each: a
+    `LengthConfig`'s counts for it (never rising from layer to layer, at most T). Half of each layer's count is
+    protected for question tokens when `protect_question`."""
+    return {
+        "input_ids": input_ids.numpy()[None],
+        "token_type_ids": token_type_ids.numpy()[None],
+        "keep": keep.numpy(),
+        "keep_question": (keep // 2 if protect_question else torch.zeros_like(keep)).numpy(),
+    }
 
 
 def export(model: BertForQuestionAnswering) -> bytes:
     """The fp32 model as a serialised ONNX graph (`AdaptiveWindowGraph`), its length dynamic."""
     layers = model.config.num_hidden_layers
     # question tokens (type 0) and protection on, so that the trace keeps the branch that caps them
-    ids = torch.full((1, 12), min(100, model.config.vocab_size - 1), dtype=torch.long)
-    types = torch.tensor([[0] * 5 + [1] * 7])
+    ids = torch.full((12,), min(100, model.config.vocab_size - 1), dtype=torch.long)
+    types = torch.tensor([0] * 5 + [1] * 7)
     keep = torch.tensor([12 - min(i, 6) for i in range(layers)])
+    example = tuple(torch.from_numpy(v) for v in window_feed(ids, types, keep, protect_question=True).values())
     buffer = io.BytesIO()
     # the tracer's notes on the Python branches it fixes (every window unpadded, question tokens possible) are
     # the graph's design, checked by tests/test_engines.py
@@ -108,7 +150,7 @@ def export(model: BertForQuestionAnswering) -> bytes:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             AdaptiveWindowGraph(model),
-            (ids, types, keep, torch.tensor(True)),
+            example,
             buffer,
             input_names=list(INPUTS),
             output_names=["logits"],
