@@ -25,6 +25,7 @@ from dynamic_tinybert.benchmark import (
     build,
     check_dependencies,
     int8_config,
+    markdown,
     onnx_export,
     onnx_int8,
     openvino_export,
@@ -248,6 +249,26 @@ def test_without_an_fp32_row_the_summary_measures_from_the_full_length_bf16_row(
     ]  # fmt: skip
     result = summary(rows)
     assert result["full_length_f1"] == 80.0 and result["speedup"] == 3.0
+
+
+def test_rounds_run_every_system_again_in_reverse_order_and_report_the_median_round(model_dir):
+    heard = []
+    result = run_benchmark(
+        model_dir, DATA, ["project@4", "project:int8:torch@1"], threads=1, fresh_process=False, rounds=3,
+        progress=heard.append,
+    )  # fmt: skip
+    assert [row["system"] for row in heard] == [
+        "project@4", "project:int8:torch@1", "project:int8:torch@1", "project@4", "project@4", "project:int8:torch@1"
+    ]  # fmt: skip
+    for row in result["rows"]:
+        rounds = row["questions_per_second_rounds"]
+        assert len(rounds) == 3
+        assert row["questions_per_second"] == pytest.approx(sorted(rounds)[1], rel=0.01)
+    batch_1 = result["rows"][1]
+    assert batch_1["p50_ms"] > 0 and result["rows"][0]["p50_ms"] is None
+    assert result["rounds"] == 3 and "Every system ran 3 times" in markdown(result)
+    with pytest.raises(ValueError, match="rounds"):
+        run_benchmark(model_dir, DATA, ["project@4"], fresh_process=False, rounds=0)
 
 
 def test_results_are_written_as_a_markdown_table_json_and_a_plot(model_dir, tmp_path):

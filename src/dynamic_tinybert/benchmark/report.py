@@ -25,7 +25,7 @@ def markdown(result: dict) -> str:
         f"{gpu}{result['threads']} CPU thread(s) on {result['machine']['cpu']} "
         f"({result['machine']['cpu_capability']}); max_answer_len {options['max_answer_len']}, max_seq_len "
         f"{options['max_seq_len']}, doc_stride {options['doc_stride']}. Build time (loading, ONNX session, OpenVINO "
-        f"compilation) is not counted. {installed}.{_int8_note(result)}",
+        f"compilation) is not counted. {installed}.{_int8_note(result)}{_rounds_note(result)}",
         "",
         "| system | precision | length config | batch | F1 | EM | questions/s | × transformers "
         f"| p50 ms | p90 ms | peak RSS MiB |{' peak GPU MiB |' if on_gpu else ''} build s |",
@@ -122,3 +122,14 @@ def write_results(result: dict, output: str | os.PathLike) -> list[Path]:
     image = paths[0].with_suffix(".png")
     plot(result, image)
     return [*paths, image]
+
+
+def _rounds_note(result: dict) -> str:
+    """How a run of several rounds chose each row's times."""
+    rounds = result.get("rounds", 1)
+    if rounds == 1:
+        return ""
+    return (
+        f" Every system ran {rounds} times, every other round in reverse order; its times are its median round "
+        "(each round's questions/s are in the JSON)."
+    )

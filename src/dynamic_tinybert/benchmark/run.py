@@ -217,6 +217,7 @@ def run_benchmark(
     progress: Callable[[dict], None] | None = None,
     data_label: str = "SQuAD",
     device: str = "cpu",
+    rounds: int = 1,
 ) -> dict:
     """Measure every system on the questions of `dataset`; returns the results as a JSON-ready dict.
 
@@ -228,12 +229,16 @@ def run_benchmark(
     `progress(row)` is told each system's row as it finishes. `f1_tolerance` sets the summary's
     "within this many F1 points of full length"; `data_label` names the data in the table. `device` ("cpu",
     "cuda", "cuda:1") is where the project and the transformers pipeline run.
+
+    With `rounds` > 1 every system runs that many times, every other round in reverse order, and its row
+    gives the median round: a machine whose speed drifts during the run then weighs on every system alike,
+    where one slow spell would otherwise land on whichever systems ran in it. `progress` hears every round.
     """
     if not dataset.questions:
         raise ValueError("the benchmark data has no questions")
     threads = torch.get_num_threads() if threads is None else threads
-    if threads < 1 or warmup < 0:
-        raise ValueError(f"threads must be >= 1 and warmup >= 0, got {threads} and {warmup}")
+    if threads < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"threads and rounds must be >= 1 and warmup >= 0, got {threads}, {rounds} and {warmup}")
     directory = checkpoint.resolve(model)
     frontier = load_frontier(directory)
     on_gpu = check_device(device)
@@ -269,6 +274,7 @@ def run_benchmark(
         "threads": threads,
         "device": device,
         "warmup_questions": warmup,
+        "rounds": rounds,
         "fresh_process_per_system": fresh_process,
         **provenance(directory, device),
         "rows": [],
@@ -288,32 +294,16 @@ def run_benchmark(
     work = Workload(
         directory, questions, contexts, options, threads, warmup, onnx_dir, device, onnx_int8_dir, openvino_dir
     )
-    for system in parsed:
-        measured = _call(_measure_alone if fresh_process else measure, (system, work), fresh_process)
-        predictions = dict(zip((q.id for q in dataset.questions), measured["answers"], strict=True))
-        metrics = score_predictions(dataset, predictions)
-        latencies = measured["latencies_ms"]
-        row = {
-            "system": system.name,
-            "kind": system.kind,
-            "precision": measured["precision"],  # as it ran: OpenVINO's default is its own choice
-            "engine": measured["engine"],
-            "length_config": "full" if system.length_config is None else str(system.length_config),
-            "frontier_point": system.point,
-            "batch_size": system.batch_size,
-            "f1": round(metrics["f1"], 2),
-            "em": round(metrics.get("exact_match", metrics.get("exact")), 2),
-            "questions_per_second": round(len(questions) / measured["seconds"], 2),
-            "seconds": round(measured["seconds"], 3),
-            "p50_ms": None if latencies is None else round(float(np.percentile(latencies, 50)), 2),
-            "p90_ms": None if latencies is None else round(float(np.percentile(latencies, 90)), 2),
-            "peak_rss_mib": round(measured["peak_rss_mib"], 1) if fresh_process else None,
-            "peak_gpu_mib": None if measured["peak_gpu_mib"] is None else round(measured["peak_gpu_mib"], 1),
-            "build_seconds": round(measured["build_seconds"], 2),
-        }
-        result["rows"].append(row)
-        if progress is not None:
-            progress(row)
+    rounds_of: list[list[dict]] = [[] for _ in parsed]
+    rows: list[dict] = [{} for _ in parsed]  # each system's row as of its latest round
+    for round_index in range(rounds):
+        order = range(len(parsed)) if round_index % 2 == 0 else reversed(range(len(parsed)))
+        for i in order:
+            rounds_of[i].append(_call(_measure_alone if fresh_process else measure, (parsed[i], work), fresh_process))
+            rows[i] = _row(parsed[i], rounds_of[i], dataset, fresh_process)
+            if progress is not None:
+                progress(rows[i])
+    result["rows"] = rows
 
     best_pipeline = max(
         (r["questions_per_second"] for r in result["rows"] if r["kind"] == "transformers"), default=None
@@ -324,6 +314,39 @@ def run_benchmark(
         )
     result["summary"] = summary(result["rows"], f1_tolerance)
     return result
+
+
+def _row(system: System, rounds: list[dict], dataset: SquadDataset, fresh_process: bool) -> dict:
+    """A system's row from its rounds of `measure`: answers scored from the first, times the median round."""
+    first = rounds[0]
+    predictions = dict(zip((q.id for q in dataset.questions), first["answers"], strict=True))
+    metrics = score_predictions(dataset, predictions)
+    seconds = [m["seconds"] for m in rounds]
+    latencies = [m["latencies_ms"] for m in rounds if m["latencies_ms"] is not None]  # batch 1 only
+
+    def percentile(q: int) -> float | None:
+        return round(statistics.median(float(np.percentile(x, q)) for x in latencies), 2) if latencies else None
+
+    questions = len(dataset.questions)
+    return {
+        "system": system.name,
+        "kind": system.kind,
+        "precision": first["precision"],  # as it ran: OpenVINO's default is its own choice
+        "engine": first["engine"],
+        "length_config": "full" if system.length_config is None else str(system.length_config),
+        "frontier_point": system.point,
+        "batch_size": system.batch_size,
+        "f1": round(metrics["f1"], 2),
+        "em": round(metrics.get("exact_match", metrics.get("exact")), 2),
+        "questions_per_second": round(questions / statistics.median(seconds), 2),
+        "questions_per_second_rounds": [round(questions / s, 2) for s in seconds],
+        "seconds": round(statistics.median(seconds), 3),
+        "p50_ms": percentile(50),
+        "p90_ms": percentile(90),
+        "peak_rss_mib": round(max(m["peak_rss_mib"] for m in rounds), 1) if fresh_process else None,
+        "peak_gpu_mib": None if first["peak_gpu_mib"] is None else round(max(m["peak_gpu_mib"] for m in rounds), 1),
+        "build_seconds": round(statistics.median(m["build_seconds"] for m in rounds), 2),
+    }
 
 
 def summary(rows: list[dict], f1_tolerance: float = 1.0) -> dict:

@@ -34,6 +34,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_device_arg(
         bench, help="cpu, or cuda: the project and the pipeline on the GPU (default systems there: bf16, batch 1, 256)"
     )
+    bench.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="run every system N times, every other round in reverse order, and report its median round: "
+        "a machine whose speed drifts then slows every system alike (default 1)",
+    )
     bench.add_argument("--output", type=Path, help="also write OUTPUT.md, OUTPUT.json and OUTPUT.png")
     bench.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     bench.set_defaults(run=cmd_bench)
@@ -56,6 +63,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             progress=report,
             data_label=args.data.name,
             device=args.device,
+            rounds=args.rounds,
         )
     except ImportError as e:  # a competitor's packages are missing: the message names the extra
         raise UsageError(f"dtb bench: {e}") from None
