@@ -72,10 +72,7 @@ def main() -> None:
 
     def feeds(window, config):
         batch = collate([window], qa.pad_id)
-        real = torch.tensor([window.length])
-        keep = real.repeat(layers) if config is None else config.keep_counts(real)[0]
-        protect = config is not None and config.protect_question
-        return batch, window_feed(batch.input_ids[0], batch.token_type_ids[0], keep, protect)
+        return batch, window_feed(batch.input_ids[0], batch.token_type_ids[0], config, layers)
 
     opts = qa.options()
     contexts = [q.context for q in questions]

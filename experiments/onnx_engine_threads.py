@@ -53,14 +53,12 @@ def main() -> None:
         ("1 thread, one call after another", 1, 1, True),
     ]
     rows = []
+    layers = qa.model.config.num_hidden_layers
     for name, config in (("full", None), ("frontier 5", qa.frontier.points[5].length_config)):
         feeds = []
         for window in windows:
             batch = collate([window])
-            real = torch.tensor([window.length])
-            keep = real.repeat(qa.model.config.num_hidden_layers) if config is None else config.keep_counts(real)[0]
-            protect = config is not None and config.protect_question
-            feeds.append(window_feed(batch.input_ids[0], batch.token_type_ids[0], keep, protect))
+            feeds.append(window_feed(batch.input_ids[0], batch.token_type_ids[0], config, layers))
         for way, threads, workers, spinning in ways:
             run = session(threads, spinning).run
             for feed in feeds[:10]:

@@ -84,12 +84,14 @@ def test_the_graphs_selection_keeps_what_the_eager_selection_keeps(case):
 
 
 def test_a_window_feed_protects_half_of_each_layers_tokens_for_the_question_or_none():
-    keep = LengthConfig.ratios((1.0, 0.5, 0.3)).keep_counts(torch.tensor([10]))[0]
-    protected = window_feed(torch.arange(10), torch.zeros(10, dtype=torch.long), keep, True)
+    ids, types = torch.arange(10), torch.zeros(10, dtype=torch.long)
+    protected = window_feed(ids, types, LengthConfig.ratios((1.0, 0.5, 0.3), protect_question=True), 3)
     assert protected["input_ids"].shape == (1, 10) and protected["keep"].tolist() == [10, 5, 3]
     assert protected["keep_question"].tolist() == [5, 2, 1]
-    unprotected = window_feed(torch.arange(10), torch.zeros(10, dtype=torch.long), keep, False)
+    unprotected = window_feed(ids, types, LengthConfig.ratios((1.0, 0.5, 0.3)), 3)
     assert unprotected["keep_question"].tolist() == [0, 0, 0]
+    full = window_feed(ids, types, None, 3)
+    assert full["keep"].tolist() == [10, 10, 10] and full["keep_question"].tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .features import Batch
-from .length_config import LengthConfig, is_full_length
+from .length_config import LengthConfig
 from .model import BertForQuestionAnswering
 from .onnx_export import export, quantize_int8, window_feed
 from .precision import precision_of, with_precision
@@ -92,13 +92,10 @@ class OnnxRuntimeEngine:
         self.side_by_side = None if threads == 1 else (session(1), ThreadPoolExecutor(threads, "onnxruntime"))
 
     def logits(self, batch: Batch, length_config: LengthConfig | None) -> np.ndarray:
-        real = batch.attention_mask.sum(dim=1)
-        full = is_full_length(length_config)
-        keep = real[:, None].repeat(1, self.layers) if full else length_config.keep_counts(real)
-        protect = not full and length_config.protect_question
+        real = batch.attention_mask.sum(dim=1).tolist()
         feeds = [
-            window_feed(batch.input_ids[row, :n], batch.token_type_ids[row, :n], keep[row], protect)
-            for row, n in enumerate(real.tolist())
+            window_feed(batch.input_ids[row, :n], batch.token_type_ids[row, :n], length_config, self.layers)
+            for row, n in enumerate(real)
         ]
         if len(feeds) == 1 or self.side_by_side is None:
             outputs = [self.session.run(None, feed)[0] for feed in feeds]

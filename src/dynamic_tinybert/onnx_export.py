@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .length_config import LengthConfig, is_full_length
 from .model import RANK_QUESTION, BertAttention, BertForQuestionAnswering, token_ranks
 
 INPUTS = ("input_ids", "token_type_ids", "keep", "keep_question")
@@ -122,16 +123,20 @@ class AdaptiveWindowGraph(nn.Module):
 
 
 def window_feed(
-    input_ids: torch.Tensor, token_type_ids: torch.Tensor, keep: torch.Tensor, protect_question: bool
+    input_ids: torch.Tensor, token_type_ids: torch.Tensor, length_config: LengthConfig | None, layers: int
 ) -> dict[str, np.ndarray]:
-    """The graph's inputs for one unpadded window (T,) whose layers keep `keep` (L,) tokens each: a
-    `LengthConfig`'s counts for it (never rising from layer to layer, at most T). Half of each layer's count is
-    protected for question tokens when `protect_question`."""
+    """The graph's inputs for one unpadded window (T,) under `length_config` (None: full length) in a model of
+    `layers` layers: each layer's keep count, and the half of it protected for question tokens under `+q`."""
+    length = torch.tensor([input_ids.shape[0]])
+    if is_full_length(length_config):
+        keep, protect = length.repeat(layers), False
+    else:
+        keep, protect = length_config.keep_counts(length)[0], length_config.protect_question
     return {
         "input_ids": input_ids.numpy()[None],
         "token_type_ids": token_type_ids.numpy()[None],
         "keep": keep.numpy(),
-        "keep_question": (keep // 2 if protect_question else torch.zeros_like(keep)).numpy(),
+        "keep_question": (keep // 2 if protect else torch.zeros_like(keep)).numpy(),
     }
 
 
@@ -141,8 +146,8 @@ def export(model: BertForQuestionAnswering) -> bytes:
     # question tokens (type 0) and protection on, so that the trace keeps the branch that caps them
     ids = torch.full((12,), min(100, model.config.vocab_size - 1), dtype=torch.long)
     types = torch.tensor([0] * 5 + [1] * 7)
-    keep = torch.tensor([12 - min(i, 6) for i in range(layers)])
-    example = tuple(torch.from_numpy(v) for v in window_feed(ids, types, keep, protect_question=True).values())
+    dropping = LengthConfig.tokens([12 - min(i, 6) for i in range(layers)], protect_question=True)
+    example = tuple(torch.from_numpy(v) for v in window_feed(ids, types, dropping, layers).values())
     buffer = io.BytesIO()
     # the tracer's notes on the Python branches it fixes (every window unpadded, question tokens possible) are
     # the graph's design, checked by tests/test_engines.py
