@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -108,6 +110,21 @@ def test_a_padded_batch_gives_each_window_its_own_logits(threads):
             assert abs(together[:, row, : window.length] - alone).max() < 1e-5
             assert not together[:, row, window.length :].any()
             assert abs(alone - TorchEngine(model).logits(collate([window]), config)[:, 0]).max() < 1e-4
+
+
+def test_windows_side_by_side_run_on_a_session_per_thread():
+    """Threads sharing one ONNX Runtime session slow each other down: each worker holds its own."""
+    engine = OnnxRuntimeEngine(tiny_model(token_selection="learned"), "fp32", threads=2)
+    own, pool = engine.side_by_side
+    both_running = threading.Barrier(2)
+
+    def held(_) -> tuple[int, int]:
+        both_running.wait(timeout=30)
+        return threading.get_ident(), id(own.session)
+
+    threads, sessions = zip(*pool.map(held, range(2)))
+    assert len(set(threads)) == 2 and len(set(sessions)) == 2
+    assert id(engine.session) not in sessions  # the lone-window session, on every thread, is apart
 
 
 def test_int8_quantises_every_encoder_projection_and_leaves_the_scorers_and_span_head_in_fp32():

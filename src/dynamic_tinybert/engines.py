@@ -4,9 +4,9 @@ Both take a batch of windows and a length configuration and return their start a
 `QuestionAnswerer` answers the same way on either. Eager torch runs any device and precision, a batch at a time.
 ONNX Runtime runs on the CPU in fp32 or int8, one unpadded window per call (the graph, `onnx_export.py`, has no
 padding to mask): a lone window gets every thread, and the windows of a batch run side by side, one thread
-each, which keeps every core busy through the graph's many small operators where splitting each of them
-across threads does not. Its fp32 gives torch's logits (the tests hold it to 1e-4); its int8 is ONNX Runtime's
-own dynamic quantisation. How the two engines compare: docs/experiments/onnx-engine.md.
+and one session each, which keeps every core busy through the graph's many small operators where splitting
+each of them across threads does not. Its fp32 gives torch's logits (the tests hold it to 1e-4); its int8 is
+ONNX Runtime's own dynamic quantisation. How the two engines compare: docs/experiments/onnx-engine.md.
 
 `auto`, the default, picks ONNX Runtime for int8 on the CPU where onnxruntime is installed (the `onnx`
 extra), and eager torch otherwise.
@@ -15,6 +15,8 @@ extra), and eager torch otherwise.
 from __future__ import annotations
 
 import importlib.util
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -64,7 +66,7 @@ class TorchEngine:
 
 class OnnxRuntimeEngine:
     """The exported length-adaptive graph on ONNX Runtime's CPU provider, one window per call: a lone window on
-    every thread, a batch's windows side by side on one thread each."""
+    every thread, a batch's windows side by side, each worker thread with a session of its own."""
 
     name = "onnxruntime"
 
@@ -89,7 +91,18 @@ class OnnxRuntimeEngine:
             )
 
         self.session = session(threads)  # a lone window
-        self.side_by_side = None if threads == 1 else (session(1), ThreadPoolExecutor(threads, "onnxruntime"))
+        self.side_by_side = None
+        if threads > 1:  # a session per worker thread: threads sharing one session slow each other down
+            sessions = queue.SimpleQueue()
+            for _ in range(threads):
+                sessions.put(session(1))
+            own = threading.local()
+
+            def take_a_session() -> None:
+                own.session = sessions.get()
+
+            pool = ThreadPoolExecutor(threads, "onnxruntime", initializer=take_a_session)
+            self.side_by_side = (own, pool)
 
     def logits(self, batch: Batch, length_config: LengthConfig | None) -> np.ndarray:
         real = batch.attention_mask.sum(dim=1).tolist()
@@ -100,8 +113,8 @@ class OnnxRuntimeEngine:
         if len(feeds) == 1 or self.side_by_side is None:
             outputs = [self.session.run(None, feed)[0] for feed in feeds]
         else:
-            session, pool = self.side_by_side
-            outputs = list(pool.map(lambda feed: session.run(None, feed)[0], feeds))
+            own, pool = self.side_by_side
+            outputs = list(pool.map(lambda feed: own.session.run(None, feed)[0], feeds))
         logits = np.zeros((2, *batch.input_ids.shape), dtype=np.float32)  # padded positions: 0
         for row, out in enumerate(outputs):
             logits[:, row, : out.shape[1]] = out
