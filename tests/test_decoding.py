@@ -38,6 +38,29 @@ def test_best_spans_match_the_transformers_pipeline(top_k: int, max_answer_len: 
         assert ours.null_score == pytest.approx(null, rel=1e-12)
 
 
+def test_best_spans_match_the_transformers_pipeline_on_many_float32_windows() -> None:
+    """The band of short spans ranks as the pipeline's whole (T, T) matrix does, in the model's float32, and
+    windows with fewer scoring spans than top_k (a context of a token or two) fall back to that matrix."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        length = int(rng.integers(3, 120))
+        start, end = (rng.normal(size=length).astype(np.float32) * 3 for _ in range(2))
+        context = np.zeros(length, dtype=bool)
+        first = int(rng.integers(1, length))
+        context[first : first + int(rng.integers(0, length - first + 1))] = True
+        top_k, max_answer_len = int(rng.choice([1, 3, 12, 32])), int(rng.integers(1, 40))
+        p_mask = (~context).astype(int)
+        p_mask[0] = 0
+        starts, ends, scores, null = qa_pipeline.select_starts_ends(
+            start[None], end[None], p_mask, np.ones((1, length), dtype=int), 1_000_000, top_k, True, max_answer_len
+        )
+        ours = best_spans(start, end, context, top_k, max_answer_len)
+        np.testing.assert_array_equal(ours.starts, starts)
+        np.testing.assert_array_equal(ours.ends, ends)
+        np.testing.assert_array_equal(ours.scores, scores)
+        assert ours.null_score == null
+
+
 def test_spans_never_leave_the_context_and_respect_max_answer_len() -> None:
     rng = np.random.default_rng(0)
     start, end, context = random_window(rng, 60)

@@ -40,26 +40,45 @@ def best_spans(
     top_k: int,
     max_answer_len: int,
 ) -> WindowSpans:
-    """The `top_k` best spans of one window, vectorised over all (start, end) pairs."""
+    """The `top_k` best spans of one window, vectorised over all (start, end) pairs.
+
+    Only spans of at most `max_answer_len` tokens can score above 0, so they are ranked from a (T, max_answer_len)
+    band, not the pipeline's (T, T) matrix of mostly zeros. Where fewer of them score above 0 than `top_k`, the
+    pipeline fills its answers with zero-scored pairs, and so the whole matrix is ranked, as it does.
+    """
     allowed = context_mask.copy()
     allowed[0] = True  # [CLS] takes part in the softmax: it carries the no-answer score
     p_start = softmax(np.where(allowed, start_logits, MASKED_LOGIT))
     p_end = softmax(np.where(allowed, end_logits, MASKED_LOGIT))
     null_score = float(p_start[0] * p_end[0])
     p_start[0] = p_end[0] = 0.0
-    candidates = np.tril(np.triu(np.outer(p_start, p_end)), max_answer_len - 1)  # (T, T) end >= start
-    flat = candidates.ravel()
-    if top_k == 1:
+    width = min(max_answer_len, len(p_end))
+    following_ends = np.lib.stride_tricks.sliding_window_view(
+        np.concatenate([p_end, np.zeros(width - 1, p_end.dtype)]), width
+    )
+    band = p_start[:, None] * following_ends  # (T, width): [s, j] scores the span s .. s + j
+    if np.count_nonzero(band) >= top_k:
+        starts, lengths, scores = top_entries(band, top_k)
+        ends = starts + lengths
+    else:
+        starts, ends, scores = top_entries(np.tril(np.triu(np.outer(p_start, p_end)), max_answer_len - 1), top_k)
+    keep = allowed[starts] & allowed[ends]
+    return WindowSpans(starts[keep], ends[keep], scores[keep], null_score)
+
+
+def top_entries(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns and values of the `k` largest entries of a matrix, largest first (the first of equal ones
+    for k = 1, as the pipeline picks)."""
+    flat = matrix.ravel()
+    if k == 1:
         best = np.array([np.argmax(flat)])
-    elif flat.size <= top_k:
+    elif flat.size <= k:
         best = np.argsort(-flat)
     else:
-        best = np.argpartition(-flat, top_k)[:top_k]
+        best = np.argpartition(-flat, k)[:k]
         best = best[np.argsort(-flat[best])]
-    starts, ends = np.unravel_index(best, candidates.shape)
-    keep = allowed[starts] & allowed[ends]
-    starts, ends = starts[keep], ends[keep]
-    return WindowSpans(starts, ends, candidates[starts, ends], null_score)
+    rows, columns = np.unravel_index(best, matrix.shape)
+    return rows, columns, flat[best]
 
 
 def char_span(window: Window, start: int, end: int, align_to_words: bool) -> tuple[int, int]:
